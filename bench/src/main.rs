@@ -1,0 +1,43 @@
+//! # bench
+//!
+//! NebengJek's benchmarks. Each suite measures our system and its baseline **in the
+//! same run** (the machine is shared and noisy, so only same-run ratios mean much),
+//! prints a table, and ends with one `ratio <name> <value>` line per comparison
+//! (ours ÷ baseline, for throughput) for scripts to read.
+//!
+//! - `pipeline`: the ride lifecycle through our command pipeline versus stock cqrs-es +
+//!   postgres-es, plus the raw PostgreSQL insert ceiling.
+
+mod cqrs_baseline;
+mod pipeline;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "NebengJek benchmarks against same-run baselines")]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Debug, Subcommand)]
+enum Suite {
+    /// Command pipeline vs cqrs-es + postgres-es, and the raw INSERT ceiling.
+    Pipeline {
+        /// Bound the run to about two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// PostgreSQL server (the bench creates and drops its own databases there).
+        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/nebengjek")]
+        database_url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.suite {
+        Suite::Pipeline { quick, database_url } => pipeline::run(&database_url, quick).await,
+    }
+}

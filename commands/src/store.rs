@@ -1,0 +1,676 @@
+//! The PostgreSQL event store: appends with optimistic concurrency, command
+//! idempotency, participant reservations and deadlines, all in one transaction.
+//!
+//! ## How an append works
+//! Every process has one writer task. Callers send it an [`AppendRequest`] and wait for
+//! the [`AppendOutcome`]. The writer takes every request that is waiting (up to
+//! [`MAX_BATCH`]) and handles them in **one** transaction:
+//!
+//! 1. lock the single `event_store` row (`FOR UPDATE`): appends from every process are
+//!    serialized here, so positions are dense and committed in order (guarantee 3);
+//! 2. read the command log, stream versions and reservations the batch touches;
+//! 3. decide each request in order: a known command key is a duplicate (its first
+//!    answer is returned, nothing is written — guarantee 2); a stale expected version is
+//!    a conflict (guarantee 1); a claim on a user held elsewhere is `already_active`;
+//! 4. write the survivors' events, stream heads, command log rows, reservations and
+//!    deadlines, move the head, `NOTIFY`, commit — one fsync for the whole batch.
+//!
+//! The unique `(aggregate_type, aggregate_id, sequence)` constraint stays as the last
+//! line of defence: if it ever fires, the whole batch fails and every caller retries.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// The most requests one transaction takes.
+pub const MAX_BATCH: usize = 256;
+
+/// The channel that wakes feed readers after a commit; the payload is the new head.
+pub const NOTIFY_CHANNEL: &str = "nebengjek_events";
+
+/// Errors of the store itself (not refusals).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The writer task is gone (the store is shutting down).
+    #[error("the event store writer has stopped")]
+    WriterGone,
+}
+
+/// One event to append (its sequence follows from the request's expected version).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// snake_case name.
+    pub event_type: &'static str,
+    /// Payload schema version.
+    pub event_version: i32,
+    /// The payload.
+    pub payload: Value,
+    /// The metadata (with `event_id`).
+    pub metadata: Value,
+    /// The chained hash, computed by the caller from the previous head.
+    pub hash: Vec<u8>,
+}
+
+/// A change to who is in which open match or ride.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReservationOp {
+    /// Hold the user for this request's aggregate, unless another holds them.
+    Claim(Uuid),
+    /// Let the user go, if this request's aggregate holds them.
+    Release(Uuid),
+    /// Move the user from this request's aggregate to another.
+    Transfer {
+        /// The user.
+        user: Uuid,
+        /// The new holder's type.
+        to_type: &'static str,
+        /// The new holder's id.
+        to_id: Uuid,
+    },
+}
+
+/// What becomes of the aggregate's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineChange {
+    /// Leave it.
+    Keep,
+    /// Set or move it.
+    Set(DateTime<Utc>),
+    /// Remove it.
+    Clear,
+}
+
+/// What the writer is asked to do for one command.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    /// The idempotency key, if the command has one.
+    pub command_key: Option<String>,
+    /// The aggregate type.
+    pub aggregate_type: &'static str,
+    /// The aggregate id.
+    pub aggregate_id: Uuid,
+    /// The version the events were decided against (0 for a new aggregate).
+    pub expected_version: i64,
+    /// The events (empty for a refusal that is only logged).
+    pub events: Vec<NewEvent>,
+    /// When the command was handled.
+    pub recorded_at: DateTime<Utc>,
+    /// Reservation changes, in order.
+    pub reservations: Vec<ReservationOp>,
+    /// The deadline after the events.
+    pub deadline: DeadlineChange,
+    /// The answer to log for the command key.
+    pub response: Value,
+}
+
+/// What became of an [`AppendRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppendOutcome {
+    /// Written; the events have these positions (empty range for a logged refusal).
+    Written {
+        /// Position of the first event (0 if none).
+        first_position: i64,
+        /// Position of the last event (0 if none).
+        last_position: i64,
+    },
+    /// The command key was seen before; this is its first answer. Nothing written.
+    Duplicate(Value),
+    /// The aggregate moved on since it was read. Nothing written.
+    Conflict {
+        /// The aggregate's version now.
+        actual_version: i64,
+    },
+    /// A claimed user is in another open match or ride. Nothing written but the answer.
+    AlreadyActive {
+        /// Who.
+        user_id: Uuid,
+        /// `ride` or `match`.
+        held_by_type: String,
+        /// The holder.
+        held_by_id: Uuid,
+    },
+}
+
+type Job = (AppendRequest, oneshot::Sender<Result<AppendOutcome, StoreError>>);
+
+/// A handle on the event store: the pool for reads and the writer for appends.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    writer: mpsc::Sender<Job>,
+}
+
+impl EventStore {
+    /// Starts the writer task on the pool. The task ends when every handle is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(writer_loop(pool.clone(), rx).instrument(tracing::info_span!("event_store_writer")));
+        Self { pool, writer: tx }
+    }
+
+    /// The pool, for reads.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends (or logs, or refuses) one command's outcome.
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send((request, tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// The first answer logged for a command key, if any.
+    pub async fn logged_response(&self, command_key: &str) -> Result<Option<Value>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT response FROM command_log WHERE command_key = $1")
+            .bind(command_key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The open match or ride a user is in, as `(aggregate_type, aggregate_id)`.
+    pub async fn holder_of(&self, user_id: Uuid) -> Result<Option<(String, Uuid)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id FROM participant_reservations WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Deadlines due at or before `now`, earliest first.
+    pub async fn due_deadlines(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(String, Uuid, DateTime<Utc>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, due_at FROM deadlines WHERE due_at <= $1 \
+             ORDER BY due_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The earliest deadline, if any.
+    pub async fn next_deadline(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT min(due_at) FROM deadlines")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
+async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
+        let started = std::time::Instant::now();
+        let result = write_batch(&pool, &requests).await;
+        metrics::histogram!("nebengjek_append_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("nebengjek_append_batch_size").record(batch.len() as f64);
+        match result {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, size = batch.len(), "append batch failed; callers will retry");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                        "append batch failed: {error}"
+                    )))));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a batch in one transaction and returns one outcome per request, in order.
+pub async fn write_batch(pool: &PgPool, requests: &[&AppendRequest]) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let outcomes = write_batch_in(&mut tx, requests).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// The body of [`write_batch`], inside a caller's transaction (tests use it to hold a
+/// transaction open and show that later appends wait for it).
+pub async fn write_batch_in(
+    tx: &mut Transaction<'_, Postgres>,
+    requests: &[&AppendRequest],
+) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+    let head: i64 = sqlx::query_scalar("SELECT head_position FROM event_store FOR UPDATE")
+        .fetch_one(&mut **tx)
+        .await?;
+
+    // What the batch needs to know, read under the lock.
+    let keys: Vec<String> = requests.iter().filter_map(|r| r.command_key.clone()).collect();
+    let mut logged: HashMap<String, Value> = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (String, Value)>(
+            "SELECT command_key, response FROM command_log WHERE command_key = ANY($1)",
+        )
+        .bind(&keys)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
+
+    let writers: Vec<&&AppendRequest> = requests.iter().filter(|r| !r.events.is_empty()).collect();
+    let mut versions: HashMap<(String, Uuid), i64> = HashMap::new();
+    if !writers.is_empty() {
+        let types: Vec<&str> = writers.iter().map(|r| r.aggregate_type).collect();
+        let ids: Vec<Uuid> = writers.iter().map(|r| r.aggregate_id).collect();
+        let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
+            "SELECT s.aggregate_type, s.aggregate_id, s.version FROM streams s \
+             JOIN UNNEST($1::text[], $2::uuid[]) AS w(t, i) ON s.aggregate_type = w.t AND s.aggregate_id = w.i",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        versions.extend(rows.into_iter().map(|(t, i, v)| ((t, i), v)));
+    }
+
+    let users: Vec<Uuid> = requests
+        .iter()
+        .flat_map(|r| r.reservations.iter())
+        .map(|op| match op {
+            ReservationOp::Claim(u) | ReservationOp::Release(u) => *u,
+            ReservationOp::Transfer { user, .. } => *user,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut holders: HashMap<Uuid, Option<(String, Uuid)>> = HashMap::new();
+    if !users.is_empty() {
+        let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
+            "SELECT user_id, aggregate_type, aggregate_id FROM participant_reservations WHERE user_id = ANY($1)",
+        )
+        .bind(&users)
+        .fetch_all(&mut **tx)
+        .await?;
+        for user in &users {
+            holders.insert(*user, None);
+        }
+        for (user, t, i) in rows {
+            holders.insert(user, Some((t, i)));
+        }
+    }
+    let original_holders = holders.clone();
+
+    // Decide each request in order.
+    let mut rows = EventRows::default();
+    let mut streams: HashMap<(String, Uuid), (i64, Vec<u8>, DateTime<Utc>)> = HashMap::new();
+    let mut log_rows: Vec<(String, &'static str, Uuid, Value, Option<i64>, DateTime<Utc>)> = Vec::new();
+    let mut deadlines: HashMap<(String, Uuid), DeadlineChange> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut position = head;
+
+    for request in requests {
+        if let Some(response) = request.command_key.as_ref().and_then(|k| logged.get(k)) {
+            outcomes.push(AppendOutcome::Duplicate(response.clone()));
+            continue;
+        }
+        let stream_key = (request.aggregate_type.to_owned(), request.aggregate_id);
+        if !request.events.is_empty() {
+            let actual = versions.get(&stream_key).copied().unwrap_or(0);
+            if actual != request.expected_version {
+                outcomes.push(AppendOutcome::Conflict { actual_version: actual });
+                continue;
+            }
+        }
+        if let Some(refusal) = apply_reservations(request, &mut holders) {
+            if let (Some(key), AppendOutcome::AlreadyActive { user_id, .. }) = (&request.command_key, &refusal) {
+                let response = already_active_response(*user_id);
+                logged.insert(key.clone(), response.clone());
+                log_rows.push((
+                    key.clone(),
+                    request.aggregate_type,
+                    request.aggregate_id,
+                    response,
+                    None,
+                    request.recorded_at,
+                ));
+            }
+            outcomes.push(refusal);
+            continue;
+        }
+
+        let first = position + 1;
+        for (i, event) in request.events.iter().enumerate() {
+            position += 1;
+            rows.push(position, request, request.expected_version + 1 + i as i64, event);
+        }
+        if let Some(last) = request.events.last() {
+            let version = request.expected_version + request.events.len() as i64;
+            versions.insert(stream_key.clone(), version);
+            streams.insert(stream_key.clone(), (version, last.hash.clone(), request.recorded_at));
+        }
+        if request.deadline != DeadlineChange::Keep {
+            deadlines.insert(stream_key, request.deadline);
+        }
+        let appended = !request.events.is_empty();
+        if let Some(key) = &request.command_key {
+            logged.insert(key.clone(), request.response.clone());
+            log_rows.push((
+                key.clone(),
+                request.aggregate_type,
+                request.aggregate_id,
+                request.response.clone(),
+                appended.then_some(first),
+                request.recorded_at,
+            ));
+        }
+        outcomes.push(if appended {
+            AppendOutcome::Written {
+                first_position: first,
+                last_position: position,
+            }
+        } else {
+            AppendOutcome::Written {
+                first_position: 0,
+                last_position: 0,
+            }
+        });
+    }
+
+    rows.insert(tx).await?;
+    insert_streams(tx, &streams).await?;
+    insert_log(tx, &log_rows).await?;
+    write_reservations(tx, &original_holders, &holders, requests).await?;
+    write_deadlines(tx, &deadlines).await?;
+    if position != head {
+        sqlx::query("UPDATE event_store SET head_position = $1")
+            .bind(position)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(position.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(outcomes)
+}
+
+fn already_active_response(user_id: Uuid) -> Value {
+    serde_json::json!({
+        "ok": false,
+        "error": {
+            "code": "already_active",
+            "message": format!("user {user_id} is already in an open match or ride"),
+        }
+    })
+}
+
+/// Applies a request's reservation ops to the holders map, or says why it cannot.
+/// On refusal the map is left as it was.
+fn apply_reservations(
+    request: &AppendRequest,
+    holders: &mut HashMap<Uuid, Option<(String, Uuid)>>,
+) -> Option<AppendOutcome> {
+    let me = (request.aggregate_type.to_owned(), request.aggregate_id);
+    let mut next = holders.clone();
+    for op in &request.reservations {
+        match op {
+            ReservationOp::Claim(user) => {
+                let slot = next.entry(*user).or_insert(None);
+                match slot {
+                    Some(holder) if *holder != me => {
+                        return Some(AppendOutcome::AlreadyActive {
+                            user_id: *user,
+                            held_by_type: holder.0.clone(),
+                            held_by_id: holder.1,
+                        })
+                    }
+                    _ => *slot = Some(me.clone()),
+                }
+            }
+            ReservationOp::Release(user) => {
+                let slot = next.entry(*user).or_insert(None);
+                if slot.as_ref() == Some(&me) {
+                    *slot = None;
+                }
+            }
+            ReservationOp::Transfer { user, to_type, to_id } => {
+                let slot = next.entry(*user).or_insert(None);
+                if slot.is_none() || slot.as_ref() == Some(&me) {
+                    *slot = Some(((*to_type).to_owned(), *to_id));
+                }
+            }
+        }
+    }
+    *holders = next;
+    None
+}
+
+#[derive(Default)]
+struct EventRows {
+    positions: Vec<i64>,
+    types: Vec<&'static str>,
+    ids: Vec<Uuid>,
+    sequences: Vec<i64>,
+    event_types: Vec<&'static str>,
+    versions: Vec<i32>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+    recorded_at: Vec<DateTime<Utc>>,
+    hashes: Vec<Vec<u8>>,
+}
+
+impl EventRows {
+    fn push(&mut self, position: i64, request: &AppendRequest, sequence: i64, event: &NewEvent) {
+        self.positions.push(position);
+        self.types.push(request.aggregate_type);
+        self.ids.push(request.aggregate_id);
+        self.sequences.push(sequence);
+        self.event_types.push(event.event_type);
+        self.versions.push(event.event_version);
+        self.payloads.push(event.payload.clone());
+        self.metadata.push(event.metadata.clone());
+        self.recorded_at.push(request.recorded_at);
+        self.hashes.push(event.hash.clone());
+    }
+
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        if self.positions.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO events (position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+             payload, metadata, recorded_at, hash) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::int[], \
+             $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[])",
+        )
+        .bind(&self.positions)
+        .bind(&self.types)
+        .bind(&self.ids)
+        .bind(&self.sequences)
+        .bind(&self.event_types)
+        .bind(&self.versions)
+        .bind(&self.payloads)
+        .bind(&self.metadata)
+        .bind(&self.recorded_at)
+        .bind(&self.hashes)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn insert_streams(
+    tx: &mut Transaction<'_, Postgres>,
+    streams: &HashMap<(String, Uuid), (i64, Vec<u8>, DateTime<Utc>)>,
+) -> Result<(), sqlx::Error> {
+    if streams.is_empty() {
+        return Ok(());
+    }
+    let mut types = Vec::new();
+    let mut ids = Vec::new();
+    let mut versions = Vec::new();
+    let mut hashes = Vec::new();
+    let mut times = Vec::new();
+    for ((t, i), (v, h, at)) in streams {
+        types.push(t.as_str());
+        ids.push(*i);
+        versions.push(*v);
+        hashes.push(h.clone());
+        times.push(*at);
+    }
+    sqlx::query(
+        "INSERT INTO streams (aggregate_type, aggregate_id, version, head_hash, updated_at) \
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::bytea[], $5::timestamptz[]) \
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+         SET version = EXCLUDED.version, head_hash = EXCLUDED.head_hash, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&hashes)
+    .bind(&times)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_log(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(String, &'static str, Uuid, Value, Option<i64>, DateTime<Utc>)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.2).collect();
+    let responses: Vec<&Value> = rows.iter().map(|r| &r.3).collect();
+    let positions: Vec<Option<i64>> = rows.iter().map(|r| r.4).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.5).collect();
+    sqlx::query(
+        "INSERT INTO command_log (command_key, aggregate_type, aggregate_id, response, first_position, recorded_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::bigint[], $6::timestamptz[])",
+    )
+    .bind(&keys)
+    .bind(&types)
+    .bind(&ids)
+    .bind(&responses)
+    .bind(&positions)
+    .bind(&times)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_reservations(
+    tx: &mut Transaction<'_, Postgres>,
+    before: &HashMap<Uuid, Option<(String, Uuid)>>,
+    after: &HashMap<Uuid, Option<(String, Uuid)>>,
+    requests: &[&AppendRequest],
+) -> Result<(), sqlx::Error> {
+    let since = requests.first().map(|r| r.recorded_at).unwrap_or_else(Utc::now);
+    let mut deleted = Vec::new();
+    let (mut users, mut types, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    for (user, holder) in after {
+        if before.get(user) == Some(holder) {
+            continue;
+        }
+        match holder {
+            None => deleted.push(*user),
+            Some((t, i)) => {
+                users.push(*user);
+                types.push(t.as_str());
+                ids.push(*i);
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        sqlx::query("DELETE FROM participant_reservations WHERE user_id = ANY($1)")
+            .bind(&deleted)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !users.is_empty() {
+        sqlx::query(
+            "INSERT INTO participant_reservations (user_id, aggregate_type, aggregate_id, since) \
+             SELECT u, t, i, $4 FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS x(u, t, i) \
+             ON CONFLICT (user_id) DO UPDATE SET aggregate_type = EXCLUDED.aggregate_type, \
+             aggregate_id = EXCLUDED.aggregate_id, since = EXCLUDED.since",
+        )
+        .bind(&users)
+        .bind(&types)
+        .bind(&ids)
+        .bind(since)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_deadlines(
+    tx: &mut Transaction<'_, Postgres>,
+    deadlines: &HashMap<(String, Uuid), DeadlineChange>,
+) -> Result<(), sqlx::Error> {
+    let (mut set_types, mut set_ids, mut set_due) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut clear_types, mut clear_ids) = (Vec::new(), Vec::new());
+    for ((t, i), change) in deadlines {
+        match change {
+            DeadlineChange::Keep => {}
+            DeadlineChange::Set(due) => {
+                set_types.push(t.as_str());
+                set_ids.push(*i);
+                set_due.push(*due);
+            }
+            DeadlineChange::Clear => {
+                clear_types.push(t.as_str());
+                clear_ids.push(*i);
+            }
+        }
+    }
+    if !clear_ids.is_empty() {
+        sqlx::query(
+            "DELETE FROM deadlines d USING UNNEST($1::text[], $2::uuid[]) AS x(t, i) \
+             WHERE d.aggregate_type = x.t AND d.aggregate_id = x.i",
+        )
+        .bind(&clear_types)
+        .bind(&clear_ids)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !set_ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO deadlines (aggregate_type, aggregate_id, due_at) \
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[]) \
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+        )
+        .bind(&set_types)
+        .bind(&set_ids)
+        .bind(&set_due)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

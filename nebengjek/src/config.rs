@@ -1,0 +1,105 @@
+//! Configuration from the environment (a `.env` file is read if present). Every value
+//! is parsed at start-up; a bad one stops the process with a message naming the
+//! variable.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use anyhow::{bail, Context as _};
+use domain::Policy;
+
+/// Everything the process needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `NATS_URL`.
+    pub nats_url: String,
+    /// `REDIS_URL`.
+    pub redis_url: String,
+    /// `HTTP_ADDR`.
+    pub http_addr: SocketAddr,
+    /// `DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
+    /// The business parameters (`BILLING_*`, `MATCHING_*`, `TRIP_*`, `SERVICE_AREA_*`).
+    pub policy: Policy,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse<T: FromStr>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={raw:?} is not valid: {e}")),
+    }
+}
+
+fn positive(name: &str, value: f64) -> anyhow::Result<f64> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        bail!("{name} must be a positive number, got {value}")
+    }
+}
+
+impl Config {
+    /// Reads the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let _ = dotenvy::dotenv();
+        let mut policy = Policy::default();
+        let fare = &mut policy.fare;
+        fare.rate_per_km = domain::Rupiah::new(parse("BILLING_BASE_RATE_PER_KM", fare.rate_per_km.get())?);
+        fare.minimum_fare = domain::Rupiah::new(parse("BILLING_MINIMUM_FARE", fare.minimum_fare.get())?);
+        fare.maximum_fare = domain::Rupiah::new(parse("BILLING_MAXIMUM_FARE", fare.maximum_fare.get())?);
+        fare.admin_fee_percent = parse("BILLING_ADMIN_FEE_PERCENT", fare.admin_fee_percent)?;
+        if fare.rate_per_km.get() <= 0 {
+            bail!("BILLING_BASE_RATE_PER_KM must be positive");
+        }
+        if fare.minimum_fare.get() <= 0 || fare.minimum_fare > fare.maximum_fare {
+            bail!("BILLING_MINIMUM_FARE must be positive and at most BILLING_MAXIMUM_FARE");
+        }
+        if !(0..=100).contains(&fare.admin_fee_percent) {
+            bail!("BILLING_ADMIN_FEE_PERCENT must be between 0 and 100");
+        }
+        let m = &mut policy.matching;
+        m.default_radius_km = positive(
+            "MATCHING_DEFAULT_RADIUS_KM",
+            parse("MATCHING_DEFAULT_RADIUS_KM", m.default_radius_km)?,
+        )?;
+        m.max_radius_km = positive("MATCHING_MAX_RADIUS_KM", parse("MATCHING_MAX_RADIUS_KM", m.max_radius_km)?)?;
+        m.max_drivers_per_request = parse("MATCHING_MAX_DRIVERS_PER_REQUEST", m.max_drivers_per_request)?;
+        m.max_rounds = parse("MATCHING_MAX_RETRIES", m.max_rounds)?;
+        m.response_timeout_s = parse("MATCHING_RESPONSE_TIMEOUT_SEC", m.response_timeout_s)?;
+        if m.max_drivers_per_request == 0 || m.max_rounds == 0 || m.response_timeout_s <= 0 {
+            bail!("MATCHING_MAX_DRIVERS_PER_REQUEST, MATCHING_MAX_RETRIES and MATCHING_RESPONSE_TIMEOUT_SEC must be positive");
+        }
+        let t = &mut policy.trip;
+        t.jitter_m = positive("TRIP_JITTER_METERS", parse("TRIP_JITTER_METERS", t.jitter_m)?)?;
+        t.max_speed_kmh = positive("TRIP_MAX_SPEED_KMH", parse("TRIP_MAX_SPEED_KMH", t.max_speed_kmh)?)?;
+        let a = &mut policy.service_area;
+        a.min_lat = parse("SERVICE_AREA_MIN_LAT", a.min_lat)?;
+        a.max_lat = parse("SERVICE_AREA_MAX_LAT", a.max_lat)?;
+        a.min_lon = parse("SERVICE_AREA_MIN_LON", a.min_lon)?;
+        a.max_lon = parse("SERVICE_AREA_MAX_LON", a.max_lon)?;
+        if a.min_lat >= a.max_lat || a.min_lon >= a.max_lon {
+            bail!("SERVICE_AREA_MIN_* must be below SERVICE_AREA_MAX_*");
+        }
+        Ok(Self {
+            database_url: var("DATABASE_URL").unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/nebengjek".into()),
+            nats_url: var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            redis_url: var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            http_addr: parse("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))
+                .context("HTTP_ADDR must be host:port")?,
+            database_max_connections: parse("DATABASE_MAX_CONNECTIONS", 20u32)?,
+            policy,
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! # nebengjek
+//!
+//! The one binary. `nebengjek migrate` applies the schema; `nebengjek serve` runs the
+//! system: the command pipeline with its NATS ingress, the process manager, the
+//! deadline scheduler, and the operator endpoints (`/healthz`, `/readyz`, `/metrics`).
+//! `--role` runs one part alone so that several processes can share one PostgreSQL,
+//! NATS and Redis.
+
+mod config;
+mod startup;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// NebengJek ride-hailing backend.
+#[derive(Debug, Parser)]
+#[command(name = "nebengjek", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Run the system (migrates first).
+    Serve {
+        /// Which part to run; `all` runs everything in one process.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+    },
+}
+
+/// A part of the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Everything.
+    All,
+    /// The command ingress (NATS).
+    Commands,
+    /// The process manager and the deadline scheduler.
+    Matcher,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    if std::env::var("LOG_FORMAT").as_deref() == Ok("json") {
+        fmt().with_env_filter(filter).json().init();
+    } else {
+        fmt().with_env_filter(filter).init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let config = config::Config::from_env()?;
+    match cli.command {
+        Command::Migrate => {
+            let pool = startup::connect(&config).await?;
+            migrations::run(&pool).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve { role } => startup::serve(config, role).await,
+    }
+}

@@ -1,0 +1,124 @@
+//! Wiring: connections, the bus, the background tasks and the operator endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use commands::clock::SystemClock;
+use commands::ports::{AcceptingProvider, InMemoryPositions};
+use commands::{CommandBus, EventStore};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::Role;
+
+/// Connects to PostgreSQL.
+pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&config.database_url)
+        .await
+        .with_context(|| "cannot connect to PostgreSQL at DATABASE_URL (is it running? try scripts/services.sh)")
+}
+
+#[derive(Clone)]
+struct Ops {
+    pool: PgPool,
+    nats: async_nats::Client,
+    metrics: PrometheusHandle,
+}
+
+/// Runs until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let pool = connect(&config).await?;
+    migrations::run(&pool).await.context("migrations failed")?;
+    let store_id = migrations::store_id(&pool).await?;
+    let nats = async_nats::connect(&config.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at NATS_URL={}", config.nats_url))?;
+
+    let store = EventStore::start(pool.clone());
+    let bus = CommandBus::new(
+        store,
+        config.policy,
+        Arc::new(SystemClock),
+        Arc::new(InMemoryPositions::default()),
+        Arc::new(AcceptingProvider),
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if matches!(role, Role::All | Role::Commands) {
+        let (client, bus, stopped) = (nats.clone(), bus.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = commands::nats::serve(client, bus, String::new(), stopped).await {
+                tracing::error!(%error, "NATS ingress stopped");
+            }
+        }));
+    }
+    if matches!(role, Role::All | Role::Matcher) {
+        tasks.push(tokio::spawn(commands::process::run_ride_creator(bus.clone(), stopped.clone())));
+        tasks.push(tokio::spawn(commands::process::run_deadlines(bus.clone(), stopped.clone())));
+    }
+
+    let ops = Ops { pool, nats, metrics };
+    let app = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|State(ops): State<Ops>| async move { ops.metrics.render() }))
+        .with_state(ops);
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, ?role, %store_id, "nebengjek is serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    Ok(())
+}
+
+async fn readyz(State(ops): State<Ops>) -> (StatusCode, Json<serde_json::Value>) {
+    let postgres = sqlx::query("SELECT 1").execute(&ops.pool).await.is_ok();
+    let nats = matches!(ops.nats.connection_state(), async_nats::connection::State::Connected);
+    let status = if postgres && nats {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "postgres": postgres, "nats": nats })))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
