@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use commands::clock::Clock;
-use cqrs_es::{Aggregate, DomainEvent, EventSink};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
 use domain::aggregate::{Aggregate as _, Context, DomainEvent as _};
 use domain::ride::{Ride, RideCommand, RideEvent};
 use domain::{DomainError, Policy};

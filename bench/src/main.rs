@@ -29,7 +29,11 @@ enum Suite {
         #[arg(long)]
         quick: bool,
         /// PostgreSQL server (the bench creates and drops its own databases there).
-        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/nebengjek")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/nebengjek"
+        )]
         database_url: String,
     },
 }

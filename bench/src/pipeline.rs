@@ -161,7 +161,10 @@ async fn run_cqrs(
 
 type TaskResult = anyhow::Result<(u64, hdrhistogram::Histogram<u64>)>;
 
-async fn collect(joins: Vec<tokio::task::JoinHandle<TaskResult>>, started: Instant) -> anyhow::Result<RunStats> {
+async fn collect(
+    joins: Vec<tokio::task::JoinHandle<TaskResult>>,
+    started: Instant,
+) -> anyhow::Result<RunStats> {
     let mut latency_us = histogram();
     let mut ops = 0;
     for join in joins {
@@ -183,7 +186,9 @@ async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut admin)
         .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
     Ok(format!("{base}/{name}"))
 }
 
@@ -202,12 +207,15 @@ CREATE TABLE snapshots (
 /// Multi-row INSERTs of ride-sized event batches into a copy of our `events` table from
 /// `connections` connections; returns events/s.
 async fn raw_ceiling(pool: &PgPool, connections: usize, duration: Duration) -> anyhow::Result<RunStats> {
-    sqlx::query("CREATE TABLE raw_events (LIKE events INCLUDING ALL)").execute(pool).await?;
+    sqlx::query("CREATE TABLE raw_events (LIKE events INCLUDING ALL)")
+        .execute(pool)
+        .await?;
     let next = Arc::new(AtomicI64::new(1));
-    let sample: (serde_json::Value, serde_json::Value) =
-        sqlx::query_as("SELECT payload, metadata FROM events WHERE event_type = 'trip_point_recorded' LIMIT 1")
-            .fetch_one(pool)
-            .await?;
+    let sample: (serde_json::Value, serde_json::Value) = sqlx::query_as(
+        "SELECT payload, metadata FROM events WHERE event_type = 'trip_point_recorded' LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await?;
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut joins = Vec::new();
@@ -252,13 +260,24 @@ pub async fn run(database_url: &str, quick: bool) -> anyhow::Result<()> {
     let ours_url = fresh_database(database_url, "nebengjek_bench_pipeline").await?;
     let theirs_url = fresh_database(database_url, "nebengjek_bench_cqrs").await?;
 
-    let ours_pool = PgPoolOptions::new().max_connections(16).connect(&ours_url).await?;
+    let ours_pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&ours_url)
+        .await?;
     migrations::run(&ours_pool).await?;
     let clock: Arc<dyn Clock> = Arc::new(FastForwardClock::new());
     let store = EventStore::start(ours_pool.clone());
-    let handler = Arc::new(Handler::<Ride>::new(store, Arc::new(Policy::default()), clock.clone(), 100_000));
+    let handler = Arc::new(Handler::<Ride>::new(
+        store,
+        Arc::new(Policy::default()),
+        clock.clone(),
+        100_000,
+    ));
 
-    let theirs_pool = PgPoolOptions::new().max_connections(64).connect(&theirs_url).await?;
+    let theirs_pool = PgPoolOptions::new()
+        .max_connections(64)
+        .connect(&theirs_url)
+        .await?;
     sqlx::raw_sql(POSTGRES_ES_SCHEMA).execute(&theirs_pool).await?;
     let cqrs = Arc::new(postgres_cqrs(
         theirs_pool.clone(),
@@ -269,7 +288,10 @@ pub async fn run(database_url: &str, quick: bool) -> anyhow::Result<()> {
         },
     ));
 
-    println!("## pipeline: ride lifecycle, {COMMANDS_PER_RIDE} commands per ride, {}s per run", duration.as_secs());
+    println!(
+        "## pipeline: ride lifecycle, {COMMANDS_PER_RIDE} commands per ride, {}s per run",
+        duration.as_secs()
+    );
     println!();
     row(&["tasks", "system", "commands/s", "p50 µs", "p99 µs"].map(String::from));
     row(&["---", "---", "---:", "---:", "---:"].map(String::from));
@@ -294,7 +316,9 @@ pub async fn run(database_url: &str, quick: bool) -> anyhow::Result<()> {
         ));
     }
     let ceiling = raw_ceiling(&ours_pool, 32, duration).await?;
-    let ours_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&ours_pool).await?;
+    let ours_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&ours_pool)
+        .await?;
     println!();
     println!(
         "raw PostgreSQL ceiling (multi-row INSERT of {COMMANDS_PER_RIDE} event rows, 32 connections): {:.0} events/s, p99 {} µs per INSERT",

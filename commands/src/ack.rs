@@ -66,6 +66,7 @@ impl Ack {
 
     /// From logged JSON; a malformed log row becomes `internal`.
     pub fn from_value(value: Value) -> Self {
-        serde_json::from_value(value).unwrap_or_else(|_| Self::error(ErrorCode::Internal, "unreadable logged answer"))
+        serde_json::from_value(value)
+            .unwrap_or_else(|_| Self::error(ErrorCode::Internal, "unreadable logged answer"))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use domain::matching::{Match, MatchCommand};
 use domain::ride::{PaymentOutcome, Ride, RideCommand, RideEvent};
-use domain::{Actor, DomainError, ErrorCode, MatchId, Policy, RideId, Role, Rupiah};
+use domain::{Actor, Aggregate, DomainError, ErrorCode, MatchId, Policy, RideId, Role, Rupiah};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -90,7 +90,10 @@ impl CommandBus {
             Ok(ack) => ack,
             Err(error) => {
                 tracing::error!(%error, actor = %actor.user_id, "command failed");
-                Ack::error(ErrorCode::Internal, "internal error; the command may be retried with the same id")
+                Ack::error(
+                    ErrorCode::Internal,
+                    "internal error; the command may be retried with the same id",
+                )
             }
         }
     }
@@ -117,7 +120,9 @@ impl CommandBus {
             }
             ClientCommand::CancelMatch => {
                 let Some(match_id) = self.open_aggregate(actor, "match").await? else {
-                    return Ok(self.refuse_logged(env, DomainError::not_found("no open match to cancel")).await?);
+                    return Ok(self
+                        .refuse_logged(env, DomainError::not_found("no open match to cancel"))
+                        .await?);
                 };
                 self.on_match(match_id, env, MatchCommand::Cancel { actor }).await
             }
@@ -131,7 +136,9 @@ impl CommandBus {
                     },
                     (Role::Passenger, false) => MatchCommand::Reject { actor },
                     (Role::Analyst | Role::System, _) => {
-                        return Ok(Ack::refused(&DomainError::forbidden("only drivers and passengers confirm matches")))
+                        return Ok(Ack::refused(&DomainError::forbidden(
+                            "only drivers and passengers confirm matches",
+                        )))
                     }
                 };
                 self.on_match(match_id.as_uuid(), env, cmd).await
@@ -165,7 +172,8 @@ impl CommandBus {
                 .await
             }
             ClientCommand::RideCancel { ride_id, reason } => {
-                self.on_ride(ride_id, env, RideCommand::Cancel { actor, reason }).await
+                self.on_ride(ride_id, env, RideCommand::Cancel { actor, reason })
+                    .await
             }
             ClientCommand::PaymentProcess {
                 ride_id,
@@ -190,7 +198,9 @@ impl CommandBus {
                     if let Some(ride_id) = ride {
                         let loaded = self.inner.rides.load(ride_id).await?;
                         if named && !domain::Aggregate::exists(&loaded.state) {
-                            return self.refuse_logged(env, DomainError::not_found(format!("no ride {ride_id}"))).await;
+                            return self
+                                .refuse_logged(env, DomainError::not_found(format!("no ride {ride_id}")))
+                                .await;
                         }
                         if named || loaded.state.status() == "IN_PROGRESS" {
                             let cmd = RideCommand::RecordTripPoint {
@@ -214,7 +224,9 @@ impl CommandBus {
             }
             ClientCommand::BeaconUpdate { point, .. } => {
                 if actor.role != Role::Driver {
-                    return Ok(Ack::refused(&DomainError::forbidden("only drivers send beacon updates")));
+                    return Ok(Ack::refused(&DomainError::forbidden(
+                        "only drivers send beacon updates",
+                    )));
                 }
                 let now = self.inner.clock.now();
                 self.inner.positions.record(actor.user_id, point, now).await;
@@ -226,7 +238,9 @@ impl CommandBus {
     async fn on_match(&self, id: Uuid, env: &Envelope, cmd: MatchCommand) -> Result<Ack, PipelineError> {
         let loaded = self.inner.matches.load(id).await?;
         if !domain::Aggregate::exists(&loaded.state) {
-            return self.refuse_logged(env, DomainError::not_found(format!("no match {id}"))).await;
+            return self
+                .refuse_logged(env, DomainError::not_found(format!("no match {id}")))
+                .await;
         }
         Ok(answer(self.inner.matches.execute(id, env, &cmd).await?))
     }
@@ -235,14 +249,22 @@ impl CommandBus {
         let id = ride_id.as_uuid();
         let loaded = self.inner.rides.load(id).await?;
         if !domain::Aggregate::exists(&loaded.state) {
-            return self.refuse_logged(env, DomainError::not_found(format!("no ride {id}"))).await;
+            return self
+                .refuse_logged(env, DomainError::not_found(format!("no ride {id}")))
+                .await;
         }
         Ok(answer(self.inner.rides.execute(id, env, &cmd).await?))
     }
 
     /// `payment_process`: refuse what the ride refuses *before* the provider is called,
     /// charge (idempotent per ride), then record the outcome.
-    async fn pay(&self, env: &Envelope, ride_id: RideId, amount: Rupiah, accepted: bool) -> Result<Ack, PipelineError> {
+    async fn pay(
+        &self,
+        env: &Envelope,
+        ride_id: RideId,
+        amount: Rupiah,
+        accepted: bool,
+    ) -> Result<Ack, PipelineError> {
         if let Some(key) = &env.command_key {
             if let Some(response) = self.store().logged_response(key).await? {
                 return Ok(Ack::from_value(response));
@@ -251,7 +273,9 @@ impl CommandBus {
         let id = ride_id.as_uuid();
         let loaded = self.inner.rides.load(id).await?;
         if !domain::Aggregate::exists(&loaded.state) {
-            return self.refuse_logged(env, DomainError::not_found(format!("no ride {id}"))).await;
+            return self
+                .refuse_logged(env, DomainError::not_found(format!("no ride {id}")))
+                .await;
         }
         let outcome = if !accepted {
             PaymentOutcome::Declined
@@ -282,7 +306,11 @@ impl CommandBus {
     }
 
     /// The user's open match or ride of the given type.
-    async fn open_aggregate(&self, actor: Actor, aggregate_type: &str) -> Result<Option<Uuid>, PipelineError> {
+    async fn open_aggregate(
+        &self,
+        actor: Actor,
+        aggregate_type: &str,
+    ) -> Result<Option<Uuid>, PipelineError> {
         Ok(self
             .store()
             .holder_of(actor.user_id.as_uuid())
@@ -297,7 +325,12 @@ impl CommandBus {
         self.refuse_logged_on_ride(Uuid::nil(), env, refusal).await
     }
 
-    async fn refuse_logged_on_ride(&self, id: Uuid, env: &Envelope, refusal: DomainError) -> Result<Ack, PipelineError> {
+    async fn refuse_logged_on_ride(
+        &self,
+        id: Uuid,
+        env: &Envelope,
+        refusal: DomainError,
+    ) -> Result<Ack, PipelineError> {
         let ack = Ack::refused(&refusal);
         let Some(key) = &env.command_key else {
             return Ok(ack);

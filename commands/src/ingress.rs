@@ -212,7 +212,9 @@ impl ClientCommand {
             "payment_process" => {
                 let f: PaymentProcess = fields(kind, data)?;
                 if f.amount <= 0 {
-                    return Err(DomainError::validation("amount must be a positive number of rupiah"));
+                    return Err(DomainError::validation(
+                        "amount must be a positive number of rupiah",
+                    ));
                 }
                 Ok(Self::PaymentProcess {
                     ride_id: f.ride_id,
@@ -234,14 +236,18 @@ impl ClientCommand {
                 let f: LocationUpdate = fields(kind, data)?;
                 if let Some(acc) = f.accuracy_m {
                     if !acc.is_finite() || acc < 0.0 {
-                        return Err(DomainError::validation("accuracy_m must be a non-negative number"));
+                        return Err(DomainError::validation(
+                            "accuracy_m must be a non-negative number",
+                        ));
                     }
                 }
                 let recorded_at = match f.recorded_at {
                     None => None,
                     Some(text) => Some(
                         DateTime::parse_from_rfc3339(&text)
-                            .map_err(|e| DomainError::validation(format!("recorded_at must be RFC 3339: {e}")))?
+                            .map_err(|e| {
+                                DomainError::validation(format!("recorded_at must be RFC 3339: {e}"))
+                            })?
                             .with_timezone(&Utc),
                     ),
                 };
@@ -290,8 +296,9 @@ pub struct NatsActor {
 impl NatsEnvelope {
     /// Reads an envelope; anything else is `invalid_payload`.
     pub fn parse(bytes: &[u8]) -> Result<Self, DomainError> {
-        let envelope: Self = serde_json::from_slice(bytes)
-            .map_err(|e| DomainError::new(ErrorCode::InvalidPayload, format!("not a command envelope: {e}")))?;
+        let envelope: Self = serde_json::from_slice(bytes).map_err(|e| {
+            DomainError::new(ErrorCode::InvalidPayload, format!("not a command envelope: {e}"))
+        })?;
         if envelope.command_id.is_empty() || envelope.command_id.len() > 128 {
             return Err(DomainError::new(
                 ErrorCode::InvalidPayload,
@@ -340,8 +347,11 @@ mod tests {
     fn wrong_types_are_validation_failed() {
         let e = ClientCommand::parse("ride_start", &json!({"ride_id": 5})).unwrap_err();
         assert_eq!(e.code, ErrorCode::ValidationFailed);
-        let e = ClientCommand::parse("payment_process", &json!({"ride_id": uuid::Uuid::nil(), "amount": "x", "accepted": true}))
-            .unwrap_err();
+        let e = ClientCommand::parse(
+            "payment_process",
+            &json!({"ride_id": uuid::Uuid::nil(), "amount": "x", "accepted": true}),
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::ValidationFailed);
         let e = ClientCommand::parse("ride_start", &json!([1])).unwrap_err();
         assert_eq!(e.code, ErrorCode::ValidationFailed);
@@ -361,17 +371,32 @@ mod tests {
 
     #[test]
     fn unknown_types_are_unknown_type() {
-        assert_eq!(ClientCommand::parse("fly", &json!({})).unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(
+            ClientCommand::parse("fly", &json!({})).unwrap_err().code,
+            ErrorCode::UnknownType
+        );
     }
 
     #[test]
     fn adjustment_factor_is_exact() {
-        let c = ClientCommand::parse("ride_arrived", &json!({"ride_id": uuid::Uuid::nil(), "adjustment_factor": 0.57}))
-            .unwrap();
-        assert!(matches!(c, ClientCommand::RideArrived { adjustment_factor: Some(_), .. }));
+        let c = ClientCommand::parse(
+            "ride_arrived",
+            &json!({"ride_id": uuid::Uuid::nil(), "adjustment_factor": 0.57}),
+        )
+        .unwrap();
+        assert!(matches!(
+            c,
+            ClientCommand::RideArrived {
+                adjustment_factor: Some(_),
+                ..
+            }
+        ));
         for bad in [json!(0), json!(1.5), json!(0.12345), json!(-0.5), json!(true)] {
-            let e = ClientCommand::parse("ride_arrived", &json!({"ride_id": uuid::Uuid::nil(), "adjustment_factor": bad}))
-                .unwrap_err();
+            let e = ClientCommand::parse(
+                "ride_arrived",
+                &json!({"ride_id": uuid::Uuid::nil(), "adjustment_factor": bad}),
+            )
+            .unwrap_err();
             assert_eq!(e.code, ErrorCode::ValidationFailed, "{bad}");
         }
     }

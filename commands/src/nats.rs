@@ -29,11 +29,17 @@ pub async fn handle_request(bus: &CommandBus, subject: &str, payload: &[u8]) -> 
         Err(refusal) => return Ack::refused(&refusal),
     };
     let command = match command_for_subject(subject, &envelope.data) {
-        None => return Ack::error(ErrorCode::UnknownType, format!("no command is served on {subject}")),
+        None => {
+            return Ack::error(
+                ErrorCode::UnknownType,
+                format!("no command is served on {subject}"),
+            )
+        }
         Some(Err(refusal)) => return Ack::refused(&refusal),
         Some(Ok(command)) => command,
     };
-    bus.dispatch(envelope.actor(), Some(&envelope.command_id), command).await
+    bus.dispatch(envelope.actor(), Some(&envelope.command_id), command)
+        .await
 }
 
 /// Serves commands until `shutdown` turns true. `prefix` is put before every subject
@@ -46,7 +52,11 @@ pub async fn serve(
 ) -> Result<(), async_nats::SubscribeError> {
     let mut subscriptions = Vec::new();
     for subject in SUBJECTS {
-        subscriptions.push(client.queue_subscribe(format!("{prefix}{subject}"), QUEUE_GROUP.into()).await?);
+        subscriptions.push(
+            client
+                .queue_subscribe(format!("{prefix}{subject}"), QUEUE_GROUP.into())
+                .await?,
+        );
     }
     let mut messages = futures::stream::select_all(subscriptions);
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));

@@ -21,7 +21,9 @@ use uuid::Uuid;
 
 use crate::ack::Ack;
 use crate::clock::{new_id, Clock};
-use crate::store::{AppendOutcome, AppendRequest, DeadlineChange, EventStore, NewEvent, ReservationOp, StoreError};
+use crate::store::{
+    AppendOutcome, AppendRequest, DeadlineChange, EventStore, NewEvent, ReservationOp, StoreError,
+};
 
 /// Decisions per command before giving up with `conflict`.
 pub const MAX_ATTEMPTS: usize = 5;
@@ -88,7 +90,7 @@ impl<A: Aggregate> Default for Loaded<A> {
 
 /// What a handled command led to.
 #[derive(Debug, Clone)]
-pub enum Outcome<A> {
+pub enum Outcome<A: Aggregate> {
     /// Accepted: the events appended and the state after them.
     Accepted {
         /// The state after the command.
@@ -169,7 +171,9 @@ impl<A: Aggregate> Handler<A> {
 
     fn slot(&self, id: Uuid) -> Slot<A> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get_or_insert(id, || Arc::new(tokio::sync::Mutex::new(None))).clone()
+        cache
+            .get_or_insert(id, || Arc::new(tokio::sync::Mutex::new(None)))
+            .clone()
     }
 
     /// The aggregate as it stands now (from the cache, caught up with the store).
@@ -184,8 +188,14 @@ impl<A: Aggregate> Handler<A> {
 
     /// Handles one command: decide against the current state, append, retry on
     /// conflict. An accepted command is answered `{aggregate_id, version, status}`.
-    pub async fn execute(&self, id: Uuid, env: &Envelope, command: &A::Command) -> Result<Outcome<A>, PipelineError> {
-        self.execute_with(id, env, command, &|loaded, _| standard_result(id, loaded)).await
+    pub async fn execute(
+        &self,
+        id: Uuid,
+        env: &Envelope,
+        command: &A::Command,
+    ) -> Result<Outcome<A>, PipelineError> {
+        self.execute_with(id, env, command, &|loaded, _| standard_result(id, loaded))
+            .await
     }
 
     /// Like [`execute`](Self::execute), with the answer to an accepted command shaped
@@ -247,7 +257,9 @@ impl<A: Aggregate> Handler<A> {
                                     state: decision.after.state.clone(),
                                     version: decision.after.version,
                                     events: decision.events,
-                                    answer: decision.answer.unwrap_or_else(|| standard_result(id, &decision.after)),
+                                    answer: decision
+                                        .answer
+                                        .unwrap_or_else(|| standard_result(id, &decision.after)),
                                 };
                                 loaded = decision.after;
                                 out
@@ -269,7 +281,8 @@ impl<A: Aggregate> Handler<A> {
                         break;
                     }
                     Ok(AppendOutcome::Conflict { actual_version }) => {
-                        metrics::counter!("nebengjek_command_conflicts_total", "aggregate" => A::TYPE).increment(1);
+                        metrics::counter!("nebengjek_command_conflicts_total", "aggregate" => A::TYPE)
+                            .increment(1);
                         tracing::debug!(attempt, actual_version, "conflict; catching up");
                         catch_up(&self.store, id, &mut loaded).await?;
                         if attempt < MAX_ATTEMPTS {
@@ -446,17 +459,22 @@ pub fn parse_event<E: DomainEvent>(event_type: &str, payload: &Value) -> Result<
 }
 
 /// Brings a loaded aggregate up to date with the store.
-async fn catch_up<A: Aggregate>(store: &EventStore, id: Uuid, loaded: &mut Loaded<A>) -> Result<(), PipelineError> {
+async fn catch_up<A: Aggregate>(
+    store: &EventStore,
+    id: Uuid,
+    loaded: &mut Loaded<A>,
+) -> Result<(), PipelineError> {
     let events = migrations::read_stream(store.pool(), A::TYPE, id, loaded.version)
         .await
         .map_err(StoreError::from)?;
     for stored in events {
-        let event: A::Event = parse_event(&stored.event_type, &stored.payload).map_err(|e| PipelineError::Corrupt {
-            aggregate_type: A::TYPE.to_owned(),
-            aggregate_id: id,
-            sequence: stored.sequence,
-            reason: e.to_string(),
-        })?;
+        let event: A::Event =
+            parse_event(&stored.event_type, &stored.payload).map_err(|e| PipelineError::Corrupt {
+                aggregate_type: A::TYPE.to_owned(),
+                aggregate_id: id,
+                sequence: stored.sequence,
+                reason: e.to_string(),
+            })?;
         loaded.state.evolve(&event);
         loaded.version = stored.sequence;
         if let Ok(hash) = <[u8; 32]>::try_from(stored.hash.as_slice()) {

@@ -25,11 +25,18 @@ pub struct InMemoryPositions(Mutex<HashMap<UserId, (GeoPoint, DateTime<Utc>)>>);
 #[async_trait]
 impl Positions for InMemoryPositions {
     async fn record(&self, user: UserId, point: GeoPoint, at: DateTime<Utc>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(user, (point, at));
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user, (point, at));
     }
 
     async fn last(&self, user: UserId) -> Option<GeoPoint> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&user).map(|(p, _)| *p)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .map(|(p, _)| *p)
     }
 }
 
@@ -73,7 +80,10 @@ pub struct ScriptedProvider {
 impl ScriptedProvider {
     /// Queues the next answers.
     pub fn push(&self, answer: Result<String, ChargeError>) {
-        self.script.lock().unwrap_or_else(|p| p.into_inner()).push_back(answer);
+        self.script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(answer);
     }
 
     /// Every charge asked for so far.
@@ -85,7 +95,10 @@ impl ScriptedProvider {
 #[async_trait]
 impl PaymentProvider for ScriptedProvider {
     async fn charge(&self, ride: RideId, amount: Rupiah) -> Result<String, ChargeError> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push((ride, amount));
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((ride, amount));
         let next = self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         next.unwrap_or_else(|| Ok(format!("scripted-{ride}")))
     }

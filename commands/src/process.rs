@@ -45,7 +45,9 @@ pub async fn create_rides_once(bus: &CommandBus) -> Result<usize, PipelineError>
     .await
     .map_err(crate::store::StoreError::from)?;
     // Everything up to the head is committed (positions become visible in order).
-    let head = migrations::head_position(pool).await.map_err(crate::store::StoreError::from)?;
+    let head = migrations::head_position(pool)
+        .await
+        .map_err(crate::store::StoreError::from)?;
     if head <= checkpoint {
         return Ok(0);
     }
@@ -66,7 +68,10 @@ pub async fn create_rides_once(bus: &CommandBus) -> Result<usize, PipelineError>
             sequence: 0,
             reason: e.to_string(),
         })?;
-        let cause = metadata.get("event_id").and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
+        let cause = metadata
+            .get("event_id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok());
         let env = Envelope::system(format!("pm:ride-from-match:{match_id}"), cause);
         let cmd = RideCommand::Create {
             ride_id: c.ride_id,

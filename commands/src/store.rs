@@ -173,10 +173,12 @@ impl EventStore {
 
     /// The first answer logged for a command key, if any.
     pub async fn logged_response(&self, command_key: &str) -> Result<Option<Value>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT response FROM command_log WHERE command_key = $1")
-            .bind(command_key)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT response FROM command_log WHERE command_key = $1")
+                .bind(command_key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The open match or ride a user is in, as `(aggregate_type, aggregate_id)`.
@@ -247,7 +249,10 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Writes a batch in one transaction and returns one outcome per request, in order.
-pub async fn write_batch(pool: &PgPool, requests: &[&AppendRequest]) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+pub async fn write_batch(
+    pool: &PgPool,
+    requests: &[&AppendRequest],
+) -> Result<Vec<AppendOutcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let outcomes = write_batch_in(&mut tx, requests).await?;
     tx.commit().await?;
@@ -339,12 +344,16 @@ pub async fn write_batch_in(
         if !request.events.is_empty() {
             let actual = versions.get(&stream_key).copied().unwrap_or(0);
             if actual != request.expected_version {
-                outcomes.push(AppendOutcome::Conflict { actual_version: actual });
+                outcomes.push(AppendOutcome::Conflict {
+                    actual_version: actual,
+                });
                 continue;
             }
         }
         if let Some(refusal) = apply_reservations(request, &mut holders) {
-            if let (Some(key), AppendOutcome::AlreadyActive { user_id, .. }) = (&request.command_key, &refusal) {
+            if let (Some(key), AppendOutcome::AlreadyActive { user_id, .. }) =
+                (&request.command_key, &refusal)
+            {
                 let response = already_active_response(*user_id);
                 logged.insert(key.clone(), response.clone());
                 log_rows.push((
@@ -368,7 +377,10 @@ pub async fn write_batch_in(
         if let Some(last) = request.events.last() {
             let version = request.expected_version + request.events.len() as i64;
             versions.insert(stream_key.clone(), version);
-            streams.insert(stream_key.clone(), (version, last.hash.clone(), request.recorded_at));
+            streams.insert(
+                stream_key.clone(),
+                (version, last.hash.clone(), request.recorded_at),
+            );
         }
         if request.deadline != DeadlineChange::Keep {
             deadlines.insert(stream_key, request.deadline);

@@ -102,12 +102,20 @@ async fn a_confirmed_match_creates_exactly_one_ride() {
     .await;
     assert!(runs.iter().sum::<usize>() >= 1);
     create_rides_once(&w.bus).await.unwrap();
-    assert_eq!(count(&w, "SELECT count(*) FROM events WHERE aggregate_type = 'ride' AND event_type = 'created'").await, 1);
+    assert_eq!(
+        count(
+            &w,
+            "SELECT count(*) FROM events WHERE aggregate_type = 'ride' AND event_type = 'created'"
+        )
+        .await,
+        1
+    );
     // Both participants are now in the ride, not the match.
-    let holders: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT aggregate_type FROM participant_reservations")
-        .fetch_all(&w.pool)
-        .await
-        .unwrap();
+    let holders: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT aggregate_type FROM participant_reservations")
+            .fetch_all(&w.pool)
+            .await
+            .unwrap();
     assert_eq!(holders, vec![("ride".to_owned(),)]);
 }
 
@@ -128,7 +136,14 @@ async fn a_match_deadline_survives_a_restart_and_fires_once() {
     assert_eq!(state.radius_km(), Some(10.0));
     // The new round has its own deadline, not yet due.
     assert_eq!(fire_due_deadlines(&restarted).await.unwrap(), 0);
-    assert_eq!(count(&w, "SELECT count(*) FROM events WHERE event_type = 'round_timed_out'").await, 1);
+    assert_eq!(
+        count(
+            &w,
+            "SELECT count(*) FROM events WHERE event_type = 'round_timed_out'"
+        )
+        .await,
+        1
+    );
 
     // After the last round the match ends and its deadline is gone.
     w.clock.advance(TimeDelta::seconds(31));
@@ -138,7 +153,10 @@ async fn a_match_deadline_survives_a_restart_and_fires_once() {
     let state = w.bus.matches().load(match_id.as_uuid()).await.unwrap().state;
     assert_eq!(domain::Aggregate::status(&state), "FAILED");
     assert_eq!(count(&w, "SELECT count(*) FROM deadlines").await, 0);
-    assert_eq!(count(&w, "SELECT count(*) FROM participant_reservations").await, 0);
+    assert_eq!(
+        count(&w, "SELECT count(*) FROM participant_reservations").await,
+        0
+    );
 }
 
 /// SPEC.md §3 Match rule 6: one driver proposed to five matches accepts them all at
@@ -177,13 +195,12 @@ async fn a_driver_accepting_five_matches_at_once_ends_up_in_one() {
         for a in acks.iter().filter(|a| !a.ok) {
             assert_eq!(a.code(), Some(ErrorCode::AlreadyActive), "round {round}: {a:?}");
         }
-        let held: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM participant_reservations WHERE user_id = $1",
-        )
-        .bind(driver.user_id.as_uuid())
-        .fetch_one(&w.pool)
-        .await
-        .unwrap();
+        let held: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM participant_reservations WHERE user_id = $1")
+                .bind(driver.user_id.as_uuid())
+                .fetch_one(&w.pool)
+                .await
+                .unwrap();
         assert_eq!(held, 1);
     }
 }
@@ -222,10 +239,11 @@ async fn a_ride_with_a_failed_then_successful_payment() {
     assert!(confirm(&w, passenger, match_id, true).await.ok);
     create_rides_once(&w.bus).await.unwrap();
     let ride_id: domain::RideId = {
-        let id: Uuid = sqlx::query_scalar("SELECT aggregate_id FROM events WHERE aggregate_type = 'ride' LIMIT 1")
-            .fetch_one(&w.pool)
-            .await
-            .unwrap();
+        let id: Uuid =
+            sqlx::query_scalar("SELECT aggregate_id FROM events WHERE aggregate_type = 'ride' LIMIT 1")
+                .fetch_one(&w.pool)
+                .await
+                .unwrap();
         id.into()
     };
     let send = |actor: Actor, cmd: ClientCommand| {
@@ -235,11 +253,31 @@ async fn a_ride_with_a_failed_then_successful_payment() {
 
     // Too far: the driver is 1 km away.
     let far = GeoPoint::new(-6.209, 106.8).unwrap();
-    assert!(send(driver, ClientCommand::BeaconUpdate { is_active: true, point: far }).await.ok);
+    assert!(
+        send(
+            driver,
+            ClientCommand::BeaconUpdate {
+                is_active: true,
+                point: far
+            }
+        )
+        .await
+        .ok
+    );
     let ack = send(driver, ClientCommand::RideStart { ride_id }).await;
     assert_eq!(ack.code(), Some(ErrorCode::TooFar), "{ack:?}");
     // Close enough.
-    assert!(send(driver, ClientCommand::BeaconUpdate { is_active: true, point: pickup() }).await.ok);
+    assert!(
+        send(
+            driver,
+            ClientCommand::BeaconUpdate {
+                is_active: true,
+                point: pickup()
+            }
+        )
+        .await
+        .ok
+    );
     let ack = send(driver, ClientCommand::RideStart { ride_id }).await;
     assert_eq!(ack.result.as_ref().unwrap()["status"], "IN_PROGRESS", "{ack:?}");
 
@@ -263,22 +301,44 @@ async fn a_ride_with_a_failed_then_successful_payment() {
         .await;
         assert_eq!(ack, Ack::ok(json!({})), "point {k}");
     }
-    let ack = send(driver, ClientCommand::RideArrived { ride_id, adjustment_factor: None }).await;
+    let ack = send(
+        driver,
+        ClientCommand::RideArrived {
+            ride_id,
+            adjustment_factor: None,
+        },
+    )
+    .await;
     assert_eq!(ack.result.as_ref().unwrap()["status"], "ARRIVED", "{ack:?}");
     let fare = (expected_m * 3000 + 500) / 1000;
     let state = w.bus.rides().load(ride_id.as_uuid()).await.unwrap().state;
-    assert_eq!(state.amount_due().map(|r| r.get()), Some(fare.clamp(5000, 500_000)));
+    assert_eq!(
+        state.amount_due().map(|r| r.get()),
+        Some(fare.clamp(5000, 500_000))
+    );
 
     let pay = |accepted: bool| ClientCommand::PaymentProcess {
         ride_id,
         amount: fare,
         accepted,
     };
-    let ack = send(passenger, ClientCommand::PaymentProcess { ride_id, amount: fare + 1, accepted: true }).await;
+    let ack = send(
+        passenger,
+        ClientCommand::PaymentProcess {
+            ride_id,
+            amount: fare + 1,
+            accepted: true,
+        },
+    )
+    .await;
     assert_eq!(ack.code(), Some(ErrorCode::AmountMismatch));
-    assert!(w.payments.calls().is_empty(), "a mismatched amount never reaches the provider");
+    assert!(
+        w.payments.calls().is_empty(),
+        "a mismatched amount never reaches the provider"
+    );
 
-    w.payments.push(Err(ChargeError::Declined("card declined".into())));
+    w.payments
+        .push(Err(ChargeError::Declined("card declined".into())));
     let ack = send(passenger, pay(true)).await;
     assert_eq!(ack.code(), Some(ErrorCode::PaymentFailed), "{ack:?}");
     let ack = send(passenger, pay(false)).await;
@@ -293,7 +353,10 @@ async fn a_ride_with_a_failed_then_successful_payment() {
     .await
     .unwrap();
     assert_eq!(kinds, ["payment_failed", "payment_declined", "payment_accepted"]);
-    assert_eq!(count(&w, "SELECT count(*) FROM participant_reservations").await, 0);
+    assert_eq!(
+        count(&w, "SELECT count(*) FROM participant_reservations").await,
+        0
+    );
 }
 
 async fn nats_request(client: &async_nats::Client, subject: String, body: Value) -> Ack {
@@ -315,7 +378,12 @@ async fn nats_commands_get_the_same_answers_as_in_process_ones() {
         .unwrap_or_else(|e| panic!("NATS must be running at {url} (scripts/services.sh): {e}"));
     let prefix = format!("t{}.", Uuid::new_v4().simple());
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(commands::nats::serve(client.clone(), w.bus.clone(), prefix.clone(), stopped));
+    tokio::spawn(commands::nats::serve(
+        client.clone(),
+        w.bus.clone(),
+        prefix.clone(),
+        stopped,
+    ));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     let passenger = user(Role::Passenger);
@@ -330,10 +398,19 @@ async fn nats_commands_get_the_same_answers_as_in_process_ones() {
     };
     // forbidden: a driver who was never proposed.
     let data = json!({"match_id": match_id, "accepted": true});
-    let over_nats = nats_request(&client, format!("{prefix}cmd.match.confirm"), envelope(stranger, data.clone())).await;
+    let over_nats = nats_request(
+        &client,
+        format!("{prefix}cmd.match.confirm"),
+        envelope(stranger, data.clone()),
+    )
+    .await;
     let in_process = w
         .bus
-        .dispatch(stranger, Some("x"), ClientCommand::parse("match_confirm", &data).unwrap())
+        .dispatch(
+            stranger,
+            Some("x"),
+            ClientCommand::parse("match_confirm", &data).unwrap(),
+        )
         .await;
     assert_eq!(over_nats.code(), Some(ErrorCode::Forbidden), "{over_nats:?}");
     assert_eq!(over_nats.code(), in_process.code());
@@ -346,7 +423,11 @@ async fn nats_commands_get_the_same_answers_as_in_process_ones() {
     // validation_failed: a wrongly typed field.
     let data = json!({"ride_id": 42});
     let over_nats = nats_request(&client, format!("{prefix}cmd.ride.start"), envelope(driver, data)).await;
-    assert_eq!(over_nats.code(), Some(ErrorCode::ValidationFailed), "{over_nats:?}");
+    assert_eq!(
+        over_nats.code(),
+        Some(ErrorCode::ValidationFailed),
+        "{over_nats:?}"
+    );
 
     // invalid_payload: not an envelope at all.
     let reply = client
@@ -359,8 +440,19 @@ async fn nats_commands_get_the_same_answers_as_in_process_ones() {
     // And an accepted command: the driver accepts over NATS, idempotently.
     let accept = envelope(driver, json!({"match_id": match_id, "accepted": true}));
     let first = nats_request(&client, format!("{prefix}cmd.match.confirm"), accept.clone()).await;
-    assert_eq!(first.result.as_ref().unwrap()["status"], "DRIVER_ACCEPTED", "{first:?}");
+    assert_eq!(
+        first.result.as_ref().unwrap()["status"],
+        "DRIVER_ACCEPTED",
+        "{first:?}"
+    );
     let again = nats_request(&client, format!("{prefix}cmd.match.confirm"), accept).await;
     assert_eq!(again, first);
-    assert_eq!(count(&w, "SELECT count(*) FROM events WHERE event_type = 'driver_accepted'").await, 1);
+    assert_eq!(
+        count(
+            &w,
+            "SELECT count(*) FROM events WHERE event_type = 'driver_accepted'"
+        )
+        .await,
+        1
+    );
 }

@@ -36,7 +36,12 @@ async fn create_ride(w: &support::World) -> RideCast {
         destination: GeoPoint::new(-6.17, 106.82).unwrap(),
     };
     let env = Envelope::system(format!("create:{ride_id}"), None);
-    let outcome = w.bus.rides().execute(ride_id.as_uuid(), &env, &cmd).await.unwrap();
+    let outcome = w
+        .bus
+        .rides()
+        .execute(ride_id.as_uuid(), &env, &cmd)
+        .await
+        .unwrap();
     assert!(matches!(outcome, Outcome::Accepted { .. }), "{outcome:?}");
     RideCast {
         ride_id,
@@ -81,10 +86,19 @@ async fn two_writers_at_the_same_version_never_both_win() {
     let other = EventStore::start(w.pool.clone());
     for round in 0..100 {
         let id = Uuid::now_v7();
-        let (a, b) = tokio::join!(w.store.append(raw_request(id, 0, None)), other.append(raw_request(id, 0, None)));
+        let (a, b) = tokio::join!(
+            w.store.append(raw_request(id, 0, None)),
+            other.append(raw_request(id, 0, None))
+        );
         let outcomes = [a.unwrap(), b.unwrap()];
-        let wins = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Written { .. })).count();
-        let conflicts = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Conflict { .. })).count();
+        let wins = outcomes
+            .iter()
+            .filter(|o| matches!(o, AppendOutcome::Written { .. }))
+            .count();
+        let conflicts = outcomes
+            .iter()
+            .filter(|o| matches!(o, AppendOutcome::Conflict { .. }))
+            .count();
         assert_eq!((wins, conflicts), (1, 1), "round {round}: {outcomes:?}");
         assert_eq!(stream_len(&w.pool, id).await, 1);
     }
@@ -111,12 +125,19 @@ async fn start_and_cancel_racing_from_two_processes_exactly_one_wins() {
             reason: "changed my mind".into(),
         };
         let id = cast.ride_id.as_uuid();
+        let (driver_env, passenger_env) = (
+            Envelope::from_user(cast.driver, None),
+            Envelope::from_user(cast.passenger, None),
+        );
         let (a, b) = tokio::join!(
-            w.bus.rides().execute(id, &Envelope::from_user(cast.driver, None), &start),
-            other.rides().execute(id, &Envelope::from_user(cast.passenger, None), &cancel),
+            w.bus.rides().execute(id, &driver_env, &start),
+            other.rides().execute(id, &passenger_env, &cancel),
         );
         let (a, b) = (a.unwrap(), b.unwrap());
-        let accepted = [&a, &b].iter().filter(|o| matches!(o, Outcome::Accepted { .. })).count();
+        let accepted = [&a, &b]
+            .iter()
+            .filter(|o| matches!(o, Outcome::Accepted { .. }))
+            .count();
         assert_eq!(accepted, 1, "round {round}: {a:?} / {b:?}");
         for o in [&a, &b] {
             if let Outcome::Refused(e) = o {
@@ -126,7 +147,11 @@ async fn start_and_cancel_racing_from_two_processes_exactly_one_wins() {
                 );
             }
         }
-        assert_eq!(stream_len(&w.pool, id).await, 2, "round {round}: created + exactly one more");
+        assert_eq!(
+            stream_len(&w.pool, id).await,
+            2,
+            "round {round}: created + exactly one more"
+        );
     }
 }
 
@@ -184,7 +209,10 @@ async fn the_same_command_id_concurrently_from_two_processes_appends_once() {
             w.bus.rides().execute(id, &env, &start),
             other.rides().execute(id, &env, &start)
         );
-        let (a, b): (Ack, Ack) = (commands::bus::answer(a.unwrap()), commands::bus::answer(b.unwrap()));
+        let (a, b): (Ack, Ack) = (
+            commands::bus::answer(a.unwrap()),
+            commands::bus::answer(b.unwrap()),
+        );
         assert!(a.ok, "round {round}: {a:?}");
         assert_eq!(a, b, "round {round}");
         assert_eq!(stream_len(&w.pool, id).await, 2, "round {round}");
@@ -203,8 +231,18 @@ async fn one_key_appended_concurrently_by_two_writers_is_written_once() {
         other.append(raw_request(id_b, 0, Some("k1")))
     );
     let outcomes = [a.unwrap(), b.unwrap()];
-    assert_eq!(outcomes.iter().filter(|o| matches!(o, AppendOutcome::Duplicate(_))).count(), 1, "{outcomes:?}");
-    assert_eq!(stream_len(&w.pool, id_a).await + stream_len(&w.pool, id_b).await, 1);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, AppendOutcome::Duplicate(_)))
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        stream_len(&w.pool, id_a).await + stream_len(&w.pool, id_b).await,
+        1
+    );
 }
 
 /// Guarantee 3: a reader never steps over an event whose transaction commits after a
@@ -227,12 +265,27 @@ async fn the_feed_never_skips_an_event_committed_late_by_a_slower_transaction() 
 
     // A reader now must not see the fast event at a position past the slow one's.
     let seen = migrations::read_feed(&w.pool, 0, 100).await.unwrap();
-    assert!(seen.is_empty(), "nothing is committed yet, but the feed shows {seen:?}");
-    assert!(!fast.is_finished(), "the fast append must wait for the slow transaction");
+    assert!(
+        seen.is_empty(),
+        "nothing is committed yet, but the feed shows {seen:?}"
+    );
+    assert!(
+        !fast.is_finished(),
+        "the fast append must wait for the slow transaction"
+    );
 
     slow.commit().await.unwrap();
     let fast_outcome = fast.await.unwrap().unwrap();
-    assert!(matches!(fast_outcome, AppendOutcome::Written { first_position: 2, .. }), "{fast_outcome:?}");
+    assert!(
+        matches!(
+            fast_outcome,
+            AppendOutcome::Written {
+                first_position: 2,
+                ..
+            }
+        ),
+        "{fast_outcome:?}"
+    );
     let seen = migrations::read_feed(&w.pool, 0, 100).await.unwrap();
     let order: Vec<(i64, Uuid)> = seen.iter().map(|e| (e.position, e.aggregate_id)).collect();
     assert_eq!(order, vec![(1, slow_id), (2, fast_id)]);
@@ -250,6 +303,15 @@ async fn a_rolled_back_append_leaves_no_gap() {
     }
     let r = raw_request(Uuid::now_v7(), 0, None);
     let outcome = w.store.append(r).await.unwrap();
-    assert!(matches!(outcome, AppendOutcome::Written { first_position: 1, last_position: 1 }), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            AppendOutcome::Written {
+                first_position: 1,
+                last_position: 1
+            }
+        ),
+        "{outcome:?}"
+    );
     let _ = TimeDelta::zero();
 }

@@ -50,7 +50,9 @@ pub enum Reservation {
 
 /// A domain event: serialized with serde as `{"event_type": ..., "payload": {...}}`
 /// (adjacently tagged, snake_case), stored as `event_type`, `event_version`, `payload`.
-pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static {
+pub trait DomainEvent:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
+{
     /// The stored, snake_case name (`started`, `trip_point_recorded`, ...). With the
     /// aggregate type and the version it forms the versioned name `ride.started.v1`.
     fn event_type(&self) -> &'static str;

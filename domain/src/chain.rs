@@ -111,7 +111,10 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).unwrap();
         let m = json!({"actor": "x"});
-        assert_eq!(event_hash(&GENESIS, &fields(&a, &m)), event_hash(&GENESIS, &fields(&b, &m)));
+        assert_eq!(
+            event_hash(&GENESIS, &fields(&a, &m)),
+            event_hash(&GENESIS, &fields(&b, &m))
+        );
     }
 
     #[test]
@@ -119,8 +122,14 @@ mod tests {
         let m = json!({});
         let a = json!({"fare": 5000});
         let b = json!({"fare": 5001});
-        assert_ne!(event_hash(&GENESIS, &fields(&a, &m)), event_hash(&GENESIS, &fields(&b, &m)));
+        assert_ne!(
+            event_hash(&GENESIS, &fields(&a, &m)),
+            event_hash(&GENESIS, &fields(&b, &m))
+        );
         let prev = [1u8; 32];
-        assert_ne!(event_hash(&GENESIS, &fields(&a, &m)), event_hash(&prev, &fields(&a, &m)));
+        assert_ne!(
+            event_hash(&GENESIS, &fields(&a, &m)),
+            event_hash(&prev, &fields(&a, &m))
+        );
     }
 }

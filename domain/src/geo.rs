@@ -38,7 +38,9 @@ impl GeoPoint {
             return Err(DomainError::validation(format!("lat {lat} is outside [-90, 90]")));
         }
         if !(-180.0..=180.0).contains(&lon) {
-            return Err(DomainError::validation(format!("lon {lon} is outside [-180, 180]")));
+            return Err(DomainError::validation(format!(
+                "lon {lon} is outside [-180, 180]"
+            )));
         }
         Ok(Self { lat, lon })
     }
@@ -145,6 +147,9 @@ mod tests {
         let area = ServiceArea::default();
         assert!(area.contains(&GeoPoint::new(-6.2, 106.8).unwrap()));
         let singapore_north = GeoPoint::new(10.0, 104.0).unwrap();
-        assert_eq!(area.check(&singapore_north, "pickup").unwrap_err().code, ErrorCode::OutsideServiceArea);
+        assert_eq!(
+            area.check(&singapore_north, "pickup").unwrap_err().code,
+            ErrorCode::OutsideServiceArea
+        );
     }
 }

@@ -31,7 +31,9 @@ impl Msisdn {
         if valid {
             Ok(Self(format!("62{national}")))
         } else {
-            Err(DomainError::validation("msisdn must be a Telkomsel number (e.g. 0812-3456-789)"))
+            Err(DomainError::validation(
+                "msisdn must be a Telkomsel number (e.g. 0812-3456-789)",
+            ))
         }
     }
 

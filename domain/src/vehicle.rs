@@ -25,7 +25,9 @@ impl VehicleType {
             "motorcycle" => Ok(Self::Motorcycle),
             "car" => Ok(Self::Car),
             "van" => Ok(Self::Van),
-            _ => Err(DomainError::validation("vehicle_type must be motorcycle, car or van")),
+            _ => Err(DomainError::validation(
+                "vehicle_type must be motorcycle, car or van",
+            )),
         }
     }
 
@@ -56,7 +58,10 @@ impl Plate {
         let bytes = compact.as_bytes();
         let region = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
         let number = bytes[region..].iter().take_while(|b| b.is_ascii_digit()).count();
-        let suffix = bytes[region + number..].iter().take_while(|b| b.is_ascii_uppercase()).count();
+        let suffix = bytes[region + number..]
+            .iter()
+            .take_while(|b| b.is_ascii_uppercase())
+            .count();
         let valid = (1..=2).contains(&region)
             && (1..=4).contains(&number)
             && suffix <= 3
@@ -119,7 +124,16 @@ mod tests {
 
     #[test]
     fn refuses_malformed_plates() {
-        for input in ["", "1234", "ABC 1234", "B 12345", "B 1234 WXYZ", "B-1234", "B 12 X 3", "É 1"] {
+        for input in [
+            "",
+            "1234",
+            "ABC 1234",
+            "B 12345",
+            "B 1234 WXYZ",
+            "B-1234",
+            "B 12 X 3",
+            "É 1",
+        ] {
             assert!(Plate::parse(input).is_err(), "{input:?} should be refused");
         }
     }

@@ -27,12 +27,16 @@ pub async fn run(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 
 /// The event store's identity, made once with the database.
 pub async fn store_id<'e>(db: impl PgExecutor<'e>) -> Result<Uuid, sqlx::Error> {
-    sqlx::query_scalar("SELECT store_id FROM event_store").fetch_one(db).await
+    sqlx::query_scalar("SELECT store_id FROM event_store")
+        .fetch_one(db)
+        .await
 }
 
 /// The last committed position (0 for an empty store).
 pub async fn head_position<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT head_position FROM event_store").fetch_one(db).await
+    sqlx::query_scalar("SELECT head_position FROM event_store")
+        .fetch_one(db)
+        .await
 }
 
 /// One event as stored.
@@ -79,12 +83,13 @@ pub async fn read_feed<'e>(
     after: i64,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let mut events: Vec<StoredEvent> =
-        sqlx::query_as(&format!("{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"))
-            .bind(after)
-            .bind(limit)
-            .fetch_all(db)
-            .await?;
+    let mut events: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
     let contiguous = events
         .iter()
         .enumerate()

@@ -74,7 +74,10 @@ impl Config {
             "MATCHING_DEFAULT_RADIUS_KM",
             parse("MATCHING_DEFAULT_RADIUS_KM", m.default_radius_km)?,
         )?;
-        m.max_radius_km = positive("MATCHING_MAX_RADIUS_KM", parse("MATCHING_MAX_RADIUS_KM", m.max_radius_km)?)?;
+        m.max_radius_km = positive(
+            "MATCHING_MAX_RADIUS_KM",
+            parse("MATCHING_MAX_RADIUS_KM", m.max_radius_km)?,
+        )?;
         m.max_drivers_per_request = parse("MATCHING_MAX_DRIVERS_PER_REQUEST", m.max_drivers_per_request)?;
         m.max_rounds = parse("MATCHING_MAX_RETRIES", m.max_rounds)?;
         m.response_timeout_s = parse("MATCHING_RESPONSE_TIMEOUT_SEC", m.response_timeout_s)?;
@@ -83,7 +86,10 @@ impl Config {
         }
         let t = &mut policy.trip;
         t.jitter_m = positive("TRIP_JITTER_METERS", parse("TRIP_JITTER_METERS", t.jitter_m)?)?;
-        t.max_speed_kmh = positive("TRIP_MAX_SPEED_KMH", parse("TRIP_MAX_SPEED_KMH", t.max_speed_kmh)?)?;
+        t.max_speed_kmh = positive(
+            "TRIP_MAX_SPEED_KMH",
+            parse("TRIP_MAX_SPEED_KMH", t.max_speed_kmh)?,
+        )?;
         let a = &mut policy.service_area;
         a.min_lat = parse("SERVICE_AREA_MIN_LAT", a.min_lat)?;
         a.max_lat = parse("SERVICE_AREA_MAX_LAT", a.max_lat)?;
@@ -93,7 +99,8 @@ impl Config {
             bail!("SERVICE_AREA_MIN_* must be below SERVICE_AREA_MAX_*");
         }
         Ok(Self {
-            database_url: var("DATABASE_URL").unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/nebengjek".into()),
+            database_url: var("DATABASE_URL")
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/nebengjek".into()),
             nats_url: var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             redis_url: var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             http_addr: parse("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))

@@ -27,13 +27,16 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_secs(10))
         .connect(&config.database_url)
         .await
-        .with_context(|| "cannot connect to PostgreSQL at DATABASE_URL (is it running? try scripts/services.sh)")
+        .with_context(|| {
+            "cannot connect to PostgreSQL at DATABASE_URL (is it running? try scripts/services.sh)"
+        })
 }
 
 #[derive(Clone)]
 struct Ops {
     pool: PgPool,
     nats: async_nats::Client,
+    redis_addr: String,
     metrics: PrometheusHandle,
 }
 
@@ -69,15 +72,34 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         }));
     }
     if matches!(role, Role::All | Role::Matcher) {
-        tasks.push(tokio::spawn(commands::process::run_ride_creator(bus.clone(), stopped.clone())));
-        tasks.push(tokio::spawn(commands::process::run_deadlines(bus.clone(), stopped.clone())));
+        tasks.push(tokio::spawn(commands::process::run_ride_creator(
+            bus.clone(),
+            stopped.clone(),
+        )));
+        tasks.push(tokio::spawn(commands::process::run_deadlines(
+            bus.clone(),
+            stopped.clone(),
+        )));
     }
 
-    let ops = Ops { pool, nats, metrics };
+    let redis_addr = config
+        .redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let ops = Ops {
+        pool,
+        nats,
+        redis_addr,
+        metrics,
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|State(ops): State<Ops>| async move { ops.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(ops): State<Ops>| async move { ops.metrics.render() }),
+        )
         .with_state(ops);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -95,13 +117,37 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
 
 async fn readyz(State(ops): State<Ops>) -> (StatusCode, Json<serde_json::Value>) {
     let postgres = sqlx::query("SELECT 1").execute(&ops.pool).await.is_ok();
-    let nats = matches!(ops.nats.connection_state(), async_nats::connection::State::Connected);
-    let status = if postgres && nats {
+    let nats = matches!(
+        ops.nats.connection_state(),
+        async_nats::connection::State::Connected
+    );
+    let redis = redis_pings(&ops.redis_addr).await;
+    let status = if postgres && nats && redis {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "postgres": postgres, "nats": nats })))
+    (
+        status,
+        Json(json!({ "postgres": postgres, "nats": nats, "redis": redis })),
+    )
+}
+
+/// Whether Redis answers `PING` within a second (a bare RESP exchange: readiness needs
+/// nothing more until the geo index arrives).
+async fn redis_pings(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 7];
+        stream.read_exact(&mut buf).await.ok()?;
+        Some(&buf == b"+PONG\r\n")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Some(true))
+    )
 }
 
 async fn shutdown_signal() {

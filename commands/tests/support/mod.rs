@@ -64,10 +64,18 @@ pub fn another_process(world: &World) -> CommandBus {
 pub async fn world() -> World {
     let pool = fresh_pool().await;
     let store = EventStore::start(pool.clone());
-    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 8, 0, 0).unwrap()));
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 11, 22, 8, 0, 0).unwrap(),
+    ));
     let positions = Arc::new(InMemoryPositions::default());
     let payments = Arc::new(ScriptedProvider::default());
-    let bus = CommandBus::new(store.clone(), Policy::default(), clock.clone(), positions.clone(), payments.clone());
+    let bus = CommandBus::new(
+        store.clone(),
+        Policy::default(),
+        clock.clone(),
+        positions.clone(),
+        payments.clone(),
+    );
     World {
         pool,
         store,
