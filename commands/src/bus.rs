@@ -120,9 +120,9 @@ impl CommandBus {
             }
             ClientCommand::CancelMatch => {
                 let Some(match_id) = self.open_aggregate(actor, "match").await? else {
-                    return Ok(self
+                    return self
                         .refuse_logged(env, DomainError::not_found("no open match to cancel"))
-                        .await?);
+                        .await;
                 };
                 self.on_match(match_id, env, MatchCommand::Cancel { actor }).await
             }

@@ -128,6 +128,9 @@ pub enum PipelineError {
     },
 }
 
+/// Shapes the answer to an accepted command from the state after it and its events.
+pub type Respond<'a, A> = dyn Fn(&Loaded<A>, &[<A as Aggregate>::Event]) -> Ack + Sync + 'a;
+
 type Slot<A> = Arc<tokio::sync::Mutex<Option<Loaded<A>>>>;
 
 /// The command handler of one aggregate type.
@@ -205,7 +208,7 @@ impl<A: Aggregate> Handler<A> {
         id: Uuid,
         env: &Envelope,
         command: &A::Command,
-        respond: &(dyn Fn(&Loaded<A>, &[A::Event]) -> Ack + Sync),
+        respond: &Respond<'_, A>,
     ) -> Result<Outcome<A>, PipelineError> {
         let span = tracing::info_span!(
             "command",
@@ -353,7 +356,7 @@ impl<A: Aggregate> Handler<A> {
         env: &Envelope,
         before: &Loaded<A>,
         decision: &mut Decision<A>,
-        respond: &(dyn Fn(&Loaded<A>, &[A::Event]) -> Ack + Sync),
+        respond: &Respond<'_, A>,
         now: DateTime<Utc>,
     ) -> Option<AppendRequest> {
         let response = match &decision.refusal {

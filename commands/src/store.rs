@@ -139,6 +139,12 @@ pub enum AppendOutcome {
     },
 }
 
+/// A stream's new head: version, hash of its last event, when.
+type StreamHead = (i64, Vec<u8>, DateTime<Utc>);
+
+/// A command log row: key, aggregate type and id, answer, first position, when.
+type LogRow = (String, &'static str, Uuid, Value, Option<i64>, DateTime<Utc>);
+
 type Job = (AppendRequest, oneshot::Sender<Result<AppendOutcome, StoreError>>);
 
 /// A handle on the event store: the pool for reads and the writer for appends.
@@ -329,8 +335,8 @@ pub async fn write_batch_in(
 
     // Decide each request in order.
     let mut rows = EventRows::default();
-    let mut streams: HashMap<(String, Uuid), (i64, Vec<u8>, DateTime<Utc>)> = HashMap::new();
-    let mut log_rows: Vec<(String, &'static str, Uuid, Value, Option<i64>, DateTime<Utc>)> = Vec::new();
+    let mut streams: HashMap<(String, Uuid), StreamHead> = HashMap::new();
+    let mut log_rows: Vec<LogRow> = Vec::new();
     let mut deadlines: HashMap<(String, Uuid), DeadlineChange> = HashMap::new();
     let mut outcomes = Vec::with_capacity(requests.len());
     let mut position = head;
@@ -536,7 +542,7 @@ impl EventRows {
 
 async fn insert_streams(
     tx: &mut Transaction<'_, Postgres>,
-    streams: &HashMap<(String, Uuid), (i64, Vec<u8>, DateTime<Utc>)>,
+    streams: &HashMap<(String, Uuid), StreamHead>,
 ) -> Result<(), sqlx::Error> {
     if streams.is_empty() {
         return Ok(());
@@ -569,10 +575,7 @@ async fn insert_streams(
     Ok(())
 }
 
-async fn insert_log(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[(String, &'static str, Uuid, Value, Option<i64>, DateTime<Utc>)],
-) -> Result<(), sqlx::Error> {
+async fn insert_log(tx: &mut Transaction<'_, Postgres>, rows: &[LogRow]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
