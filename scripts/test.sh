@@ -15,5 +15,10 @@ if ! out=$(scripts/services.sh 2>&1); then
   die "scripts/services.sh failed; PostgreSQL, Redis and NATS are needed for the tests"
 fi
 
+# Each test makes its own database; drop the ones earlier runs left behind.
+admin_url="${DATABASE_URL%/*}/postgres"
+psql "$admin_url" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'nebengjek\_test\_%'" |
+  while read -r db; do psql "$admin_url" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+
 export RUST_BACKTRACE=1
 exec cargo test --workspace --locked "$@"

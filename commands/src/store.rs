@@ -254,13 +254,14 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Takes the store lock as part of `BEGIN` (one round trip).
+const BEGIN_LOCKED: &str = "BEGIN; SELECT 1 FROM event_store FOR UPDATE";
+
 /// Writes a batch in one transaction and returns one outcome per request, in order.
-pub async fn write_batch(
-    pool: &PgPool,
-    requests: &[&AppendRequest],
-) -> Result<Vec<AppendOutcome>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let outcomes = write_batch_in(&mut tx, requests).await?;
+/// Four round trips whatever the batch size: begin + lock, read, write, commit.
+pub async fn write_batch(pool: &PgPool, requests: &[&AppendRequest]) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+    let mut tx = pool.begin_with(BEGIN_LOCKED).await?;
+    let outcomes = write_batch_locked(&mut tx, requests).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -271,41 +272,30 @@ pub async fn write_batch_in(
     tx: &mut Transaction<'_, Postgres>,
     requests: &[&AppendRequest],
 ) -> Result<Vec<AppendOutcome>, sqlx::Error> {
-    let head: i64 = sqlx::query_scalar("SELECT head_position FROM event_store FOR UPDATE")
-        .fetch_one(&mut **tx)
-        .await?;
+    sqlx::query("SELECT 1 FROM event_store FOR UPDATE").execute(&mut **tx).await?;
+    write_batch_locked(tx, requests).await
+}
 
-    // What the batch needs to know, read under the lock.
-    let keys: Vec<String> = requests.iter().filter_map(|r| r.command_key.clone()).collect();
-    let mut logged: HashMap<String, Value> = if keys.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query_as::<_, (String, Value)>(
-            "SELECT command_key, response FROM command_log WHERE command_key = ANY($1)",
-        )
-        .bind(&keys)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect()
-    };
+/// Everything the batch must know, read in one statement. It runs after the lock was
+/// taken by an earlier statement, so its snapshot includes every earlier append.
+const READ_UNDER_LOCK: &str = "SELECT \
+    (SELECT head_position FROM event_store), \
+    (SELECT coalesce(jsonb_agg(jsonb_build_array(command_key, response)), '[]'::jsonb) \
+       FROM command_log WHERE command_key = ANY($1)), \
+    (SELECT coalesce(jsonb_agg(jsonb_build_array(s.aggregate_type, s.aggregate_id, s.version)), '[]'::jsonb) \
+       FROM streams s JOIN UNNEST($2::text[], $3::uuid[]) AS w(t, i) \
+       ON s.aggregate_type = w.t AND s.aggregate_id = w.i), \
+    (SELECT coalesce(jsonb_agg(jsonb_build_array(user_id, aggregate_type, aggregate_id)), '[]'::jsonb) \
+       FROM participant_reservations WHERE user_id = ANY($4))";
 
+async fn write_batch_locked(
+    tx: &mut Transaction<'_, Postgres>,
+    requests: &[&AppendRequest],
+) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+    let keys: Vec<&str> = requests.iter().filter_map(|r| r.command_key.as_deref()).collect();
     let writers: Vec<&&AppendRequest> = requests.iter().filter(|r| !r.events.is_empty()).collect();
-    let mut versions: HashMap<(String, Uuid), i64> = HashMap::new();
-    if !writers.is_empty() {
-        let types: Vec<&str> = writers.iter().map(|r| r.aggregate_type).collect();
-        let ids: Vec<Uuid> = writers.iter().map(|r| r.aggregate_id).collect();
-        let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
-            "SELECT s.aggregate_type, s.aggregate_id, s.version FROM streams s \
-             JOIN UNNEST($1::text[], $2::uuid[]) AS w(t, i) ON s.aggregate_type = w.t AND s.aggregate_id = w.i",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await?;
-        versions.extend(rows.into_iter().map(|(t, i, v)| ((t, i), v)));
-    }
-
+    let types: Vec<&str> = writers.iter().map(|r| r.aggregate_type).collect();
+    let ids: Vec<Uuid> = writers.iter().map(|r| r.aggregate_id).collect();
     let users: Vec<Uuid> = requests
         .iter()
         .flat_map(|r| r.reservations.iter())
@@ -316,20 +306,34 @@ pub async fn write_batch_in(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let mut holders: HashMap<Uuid, Option<(String, Uuid)>> = HashMap::new();
-    if !users.is_empty() {
-        let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
-            "SELECT user_id, aggregate_type, aggregate_id FROM participant_reservations WHERE user_id = ANY($1)",
-        )
+    let (head, logged_json, versions_json, holders_json): (i64, Value, Value, Value) = sqlx::query_as(READ_UNDER_LOCK)
+        .bind(&keys)
+        .bind(&types)
+        .bind(&ids)
         .bind(&users)
-        .fetch_all(&mut **tx)
+        .fetch_one(&mut **tx)
         .await?;
-        for user in &users {
-            holders.insert(*user, None);
+    let decode = |what: &str| sqlx::Error::Protocol(format!("unreadable {what} from the store lock query"));
+    let mut logged: HashMap<String, Value> = HashMap::new();
+    for row in logged_json.as_array().ok_or_else(|| decode("command log"))? {
+        if let (Some(key), Some(response)) = (row[0].as_str(), row.get(1)) {
+            logged.insert(key.to_owned(), response.clone());
         }
-        for (user, t, i) in rows {
-            holders.insert(user, Some((t, i)));
-        }
+    }
+    let mut versions: HashMap<(String, Uuid), i64> = HashMap::new();
+    for row in versions_json.as_array().ok_or_else(|| decode("versions"))? {
+        let (Some(t), Some(i), Some(v)) = (row[0].as_str(), row[1].as_str(), row[2].as_i64()) else {
+            return Err(decode("versions"));
+        };
+        versions.insert((t.to_owned(), i.parse().map_err(|_| decode("versions"))?), v);
+    }
+    let mut holders: HashMap<Uuid, Option<(String, Uuid)>> = users.iter().map(|u| (*u, None)).collect();
+    for row in holders_json.as_array().ok_or_else(|| decode("reservations"))? {
+        let (Some(u), Some(t), Some(i)) = (row[0].as_str(), row[1].as_str(), row[2].as_str()) else {
+            return Err(decode("reservations"));
+        };
+        let user: Uuid = u.parse().map_err(|_| decode("reservations"))?;
+        holders.insert(user, Some((t.to_owned(), i.parse().map_err(|_| decode("reservations"))?)));
     }
     let original_holders = holders.clone();
 
@@ -416,22 +420,14 @@ pub async fn write_batch_in(
         });
     }
 
-    rows.insert(tx).await?;
-    insert_streams(tx, &streams).await?;
-    insert_log(tx, &log_rows).await?;
-    write_reservations(tx, &original_holders, &holders, requests).await?;
-    write_deadlines(tx, &deadlines).await?;
-    if position != head {
-        sqlx::query("UPDATE event_store SET head_position = $1")
-            .bind(position)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(position.to_string())
-            .execute(&mut **tx)
-            .await?;
-    }
+    let mut writes = Writes::default();
+    writes.events = rows;
+    writes.streams(&streams);
+    writes.log(&log_rows);
+    writes.reservations(&original_holders, &holders, requests);
+    writes.deadlines(&deadlines);
+    writes.head = position;
+    writes.execute(tx, head).await?;
     Ok(outcomes)
 }
 
@@ -513,179 +509,161 @@ impl EventRows {
         self.recorded_at.push(request.recorded_at);
         self.hashes.push(event.hash.clone());
     }
+}
 
-    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-        if self.positions.is_empty() {
-            return Ok(());
+/// Every row a batch writes, as columns, for one statement.
+#[derive(Default)]
+struct Writes<'a> {
+    events: EventRows,
+    stream_types: Vec<&'a str>,
+    stream_ids: Vec<Uuid>,
+    stream_versions: Vec<i64>,
+    stream_hashes: Vec<Vec<u8>>,
+    stream_times: Vec<DateTime<Utc>>,
+    log_keys: Vec<&'a str>,
+    log_types: Vec<&'static str>,
+    log_ids: Vec<Uuid>,
+    log_responses: Vec<&'a Value>,
+    log_positions: Vec<Option<i64>>,
+    log_times: Vec<DateTime<Utc>>,
+    released: Vec<Uuid>,
+    held_users: Vec<Uuid>,
+    held_types: Vec<&'a str>,
+    held_ids: Vec<Uuid>,
+    held_since: Option<DateTime<Utc>>,
+    due_types: Vec<&'a str>,
+    due_ids: Vec<Uuid>,
+    due_at: Vec<DateTime<Utc>>,
+    undue_types: Vec<&'a str>,
+    undue_ids: Vec<Uuid>,
+    head: i64,
+}
+
+/// One statement for the whole batch: data-modifying CTEs touch disjoint rows, and
+/// the head moves (and readers are woken) only when events were appended.
+const WRITE_BATCH: &str = "WITH \
+  ev AS (INSERT INTO events (position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+           payload, metadata, recorded_at, hash) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::int[], \
+           $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[])), \
+  st AS (INSERT INTO streams (aggregate_type, aggregate_id, version, head_hash, updated_at) \
+         SELECT * FROM UNNEST($11::text[], $12::uuid[], $13::bigint[], $14::bytea[], $15::timestamptz[]) \
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version, \
+           head_hash = EXCLUDED.head_hash, updated_at = EXCLUDED.updated_at), \
+  lg AS (INSERT INTO command_log (command_key, aggregate_type, aggregate_id, response, first_position, recorded_at) \
+         SELECT * FROM UNNEST($16::text[], $17::text[], $18::uuid[], $19::jsonb[], $20::bigint[], $21::timestamptz[])), \
+  rd AS (DELETE FROM participant_reservations WHERE user_id = ANY($22::uuid[])), \
+  ri AS (INSERT INTO participant_reservations (user_id, aggregate_type, aggregate_id, since) \
+         SELECT u, t, i, $26 FROM UNNEST($23::uuid[], $24::text[], $25::uuid[]) AS x(u, t, i) \
+         ON CONFLICT (user_id) DO UPDATE SET aggregate_type = EXCLUDED.aggregate_type, \
+           aggregate_id = EXCLUDED.aggregate_id, since = EXCLUDED.since), \
+  dd AS (DELETE FROM deadlines d USING UNNEST($27::text[], $28::uuid[]) AS x(t, i) \
+         WHERE d.aggregate_type = x.t AND d.aggregate_id = x.i), \
+  di AS (INSERT INTO deadlines (aggregate_type, aggregate_id, due_at) \
+         SELECT * FROM UNNEST($29::text[], $30::uuid[], $31::timestamptz[]) \
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at), \
+  hd AS (UPDATE event_store SET head_position = $32 WHERE $32 > $33 RETURNING head_position) \
+SELECT pg_notify('nebengjek_events', head_position::text) FROM hd";
+
+impl<'a> Writes<'a> {
+    fn streams(&mut self, streams: &'a HashMap<(String, Uuid), StreamHead>) {
+        for ((t, i), (v, h, at)) in streams {
+            self.stream_types.push(t.as_str());
+            self.stream_ids.push(*i);
+            self.stream_versions.push(*v);
+            self.stream_hashes.push(h.clone());
+            self.stream_times.push(*at);
         }
-        sqlx::query(
-            "INSERT INTO events (position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
-             payload, metadata, recorded_at, hash) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::int[], \
-             $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[])",
-        )
-        .bind(&self.positions)
-        .bind(&self.types)
-        .bind(&self.ids)
-        .bind(&self.sequences)
-        .bind(&self.event_types)
-        .bind(&self.versions)
-        .bind(&self.payloads)
-        .bind(&self.metadata)
-        .bind(&self.recorded_at)
-        .bind(&self.hashes)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
-}
 
-async fn insert_streams(
-    tx: &mut Transaction<'_, Postgres>,
-    streams: &HashMap<(String, Uuid), StreamHead>,
-) -> Result<(), sqlx::Error> {
-    if streams.is_empty() {
-        return Ok(());
-    }
-    let mut types = Vec::new();
-    let mut ids = Vec::new();
-    let mut versions = Vec::new();
-    let mut hashes = Vec::new();
-    let mut times = Vec::new();
-    for ((t, i), (v, h, at)) in streams {
-        types.push(t.as_str());
-        ids.push(*i);
-        versions.push(*v);
-        hashes.push(h.clone());
-        times.push(*at);
-    }
-    sqlx::query(
-        "INSERT INTO streams (aggregate_type, aggregate_id, version, head_hash, updated_at) \
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::bytea[], $5::timestamptz[]) \
-         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
-         SET version = EXCLUDED.version, head_hash = EXCLUDED.head_hash, updated_at = EXCLUDED.updated_at",
-    )
-    .bind(&types)
-    .bind(&ids)
-    .bind(&versions)
-    .bind(&hashes)
-    .bind(&times)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_log(tx: &mut Transaction<'_, Postgres>, rows: &[LogRow]) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.1).collect();
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.2).collect();
-    let responses: Vec<&Value> = rows.iter().map(|r| &r.3).collect();
-    let positions: Vec<Option<i64>> = rows.iter().map(|r| r.4).collect();
-    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.5).collect();
-    sqlx::query(
-        "INSERT INTO command_log (command_key, aggregate_type, aggregate_id, response, first_position, recorded_at) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::bigint[], $6::timestamptz[])",
-    )
-    .bind(&keys)
-    .bind(&types)
-    .bind(&ids)
-    .bind(&responses)
-    .bind(&positions)
-    .bind(&times)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn write_reservations(
-    tx: &mut Transaction<'_, Postgres>,
-    before: &HashMap<Uuid, Option<(String, Uuid)>>,
-    after: &HashMap<Uuid, Option<(String, Uuid)>>,
-    requests: &[&AppendRequest],
-) -> Result<(), sqlx::Error> {
-    let since = requests.first().map(|r| r.recorded_at).unwrap_or_else(Utc::now);
-    let mut deleted = Vec::new();
-    let (mut users, mut types, mut ids) = (Vec::new(), Vec::new(), Vec::new());
-    for (user, holder) in after {
-        if before.get(user) == Some(holder) {
-            continue;
+    fn log(&mut self, rows: &'a [LogRow]) {
+        for (key, t, id, response, position, at) in rows {
+            self.log_keys.push(key.as_str());
+            self.log_types.push(t);
+            self.log_ids.push(*id);
+            self.log_responses.push(response);
+            self.log_positions.push(*position);
+            self.log_times.push(*at);
         }
-        match holder {
-            None => deleted.push(*user),
-            Some((t, i)) => {
-                users.push(*user);
-                types.push(t.as_str());
-                ids.push(*i);
+    }
+
+    fn reservations(
+        &mut self,
+        before: &HashMap<Uuid, Option<(String, Uuid)>>,
+        after: &'a HashMap<Uuid, Option<(String, Uuid)>>,
+        requests: &[&AppendRequest],
+    ) {
+        self.held_since = requests.first().map(|r| r.recorded_at);
+        for (user, holder) in after {
+            if before.get(user) == Some(holder) {
+                continue;
+            }
+            match holder {
+                None => self.released.push(*user),
+                Some((t, i)) => {
+                    self.held_users.push(*user);
+                    self.held_types.push(t.as_str());
+                    self.held_ids.push(*i);
+                }
             }
         }
     }
-    if !deleted.is_empty() {
-        sqlx::query("DELETE FROM participant_reservations WHERE user_id = ANY($1)")
-            .bind(&deleted)
+
+    fn deadlines(&mut self, deadlines: &'a HashMap<(String, Uuid), DeadlineChange>) {
+        for ((t, i), change) in deadlines {
+            match change {
+                DeadlineChange::Keep => {}
+                DeadlineChange::Set(due) => {
+                    self.due_types.push(t.as_str());
+                    self.due_ids.push(*i);
+                    self.due_at.push(*due);
+                }
+                DeadlineChange::Clear => {
+                    self.undue_types.push(t.as_str());
+                    self.undue_ids.push(*i);
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, tx: &mut Transaction<'_, Postgres>, old_head: i64) -> Result<(), sqlx::Error> {
+        let e = &self.events;
+        sqlx::query(WRITE_BATCH)
+            .bind(&e.positions)
+            .bind(&e.types)
+            .bind(&e.ids)
+            .bind(&e.sequences)
+            .bind(&e.event_types)
+            .bind(&e.versions)
+            .bind(&e.payloads)
+            .bind(&e.metadata)
+            .bind(&e.recorded_at)
+            .bind(&e.hashes)
+            .bind(&self.stream_types)
+            .bind(&self.stream_ids)
+            .bind(&self.stream_versions)
+            .bind(&self.stream_hashes)
+            .bind(&self.stream_times)
+            .bind(&self.log_keys)
+            .bind(&self.log_types)
+            .bind(&self.log_ids)
+            .bind(&self.log_responses)
+            .bind(&self.log_positions)
+            .bind(&self.log_times)
+            .bind(&self.released)
+            .bind(&self.held_users)
+            .bind(&self.held_types)
+            .bind(&self.held_ids)
+            .bind(self.held_since)
+            .bind(&self.undue_types)
+            .bind(&self.undue_ids)
+            .bind(&self.due_types)
+            .bind(&self.due_ids)
+            .bind(&self.due_at)
+            .bind(self.head)
+            .bind(old_head)
             .execute(&mut **tx)
             .await?;
+        Ok(())
     }
-    if !users.is_empty() {
-        sqlx::query(
-            "INSERT INTO participant_reservations (user_id, aggregate_type, aggregate_id, since) \
-             SELECT u, t, i, $4 FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS x(u, t, i) \
-             ON CONFLICT (user_id) DO UPDATE SET aggregate_type = EXCLUDED.aggregate_type, \
-             aggregate_id = EXCLUDED.aggregate_id, since = EXCLUDED.since",
-        )
-        .bind(&users)
-        .bind(&types)
-        .bind(&ids)
-        .bind(since)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-async fn write_deadlines(
-    tx: &mut Transaction<'_, Postgres>,
-    deadlines: &HashMap<(String, Uuid), DeadlineChange>,
-) -> Result<(), sqlx::Error> {
-    let (mut set_types, mut set_ids, mut set_due) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut clear_types, mut clear_ids) = (Vec::new(), Vec::new());
-    for ((t, i), change) in deadlines {
-        match change {
-            DeadlineChange::Keep => {}
-            DeadlineChange::Set(due) => {
-                set_types.push(t.as_str());
-                set_ids.push(*i);
-                set_due.push(*due);
-            }
-            DeadlineChange::Clear => {
-                clear_types.push(t.as_str());
-                clear_ids.push(*i);
-            }
-        }
-    }
-    if !clear_ids.is_empty() {
-        sqlx::query(
-            "DELETE FROM deadlines d USING UNNEST($1::text[], $2::uuid[]) AS x(t, i) \
-             WHERE d.aggregate_type = x.t AND d.aggregate_id = x.i",
-        )
-        .bind(&clear_types)
-        .bind(&clear_ids)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !set_ids.is_empty() {
-        sqlx::query(
-            "INSERT INTO deadlines (aggregate_type, aggregate_id, due_at) \
-             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[]) \
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at",
-        )
-        .bind(&set_types)
-        .bind(&set_ids)
-        .bind(&set_due)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }

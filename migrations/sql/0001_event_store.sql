@@ -29,7 +29,6 @@ CREATE TABLE events (
 );
 CREATE INDEX events_type_position ON events (aggregate_type, event_type, position);
 CREATE INDEX events_recorded_at ON events (recorded_at);
-CREATE UNIQUE INDEX events_event_id ON events (((metadata ->> 'event_id')::uuid));
 
 -- One row per aggregate: its version and the hash of its last event (the chain head).
 -- Kept in the same transaction as the events, so deleting an aggregate's last event is

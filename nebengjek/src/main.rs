@@ -7,6 +7,7 @@
 //! NATS and Redis.
 
 mod config;
+mod demo;
 mod startup;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Start the system in this process and drive one ride through it over NATS.
+    Demo,
     /// Run the system (migrates first).
     Serve {
         /// Which part to run; `all` runs everything in one process.
@@ -65,5 +68,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { role } => startup::serve(config, role).await,
+        Command::Demo => demo::run(config).await,
     }
 }

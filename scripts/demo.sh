@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# scripts/demo.sh - README's first command: start PostgreSQL, NATS and Redis if needed
+# (scripts/services.sh), then build and run `nebengjek demo`, which starts the system in
+# one process and drives a ride through it over NATS.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+default_target_dir
+scripts/services.sh
+exec cargo run --release --locked -q -p nebengjek -- demo "$@"
