@@ -28,6 +28,12 @@ enum Suite {
         /// Bound the run to about two minutes.
         #[arg(long)]
         quick: bool,
+        /// Concurrent tasks to measure at.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32, 128])]
+        tasks: Vec<usize>,
+        /// Measure only our pipeline (for profiling); prints no ratios.
+        #[arg(long)]
+        ours_only: bool,
         /// PostgreSQL server (the bench creates and drops its own databases there).
         #[arg(
             long,
@@ -42,6 +48,11 @@ enum Suite {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.suite {
-        Suite::Pipeline { quick, database_url } => pipeline::run(&database_url, quick).await,
+        Suite::Pipeline {
+            quick,
+            tasks,
+            ours_only,
+            database_url,
+        } => pipeline::run(&database_url, quick, &tasks, ours_only).await,
     }
 }

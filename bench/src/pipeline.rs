@@ -255,7 +255,12 @@ async fn raw_ceiling(pool: &PgPool, connections: usize, duration: Duration) -> a
 }
 
 /// Runs the suite.
-pub async fn run(database_url: &str, quick: bool) -> anyhow::Result<()> {
+pub async fn run(
+    database_url: &str,
+    quick: bool,
+    task_counts: &[usize],
+    ours_only: bool,
+) -> anyhow::Result<()> {
     let duration = Duration::from_secs(if quick { 8 } else { 20 });
     let ours_url = fresh_database(database_url, "nebengjek_bench_pipeline").await?;
     let theirs_url = fresh_database(database_url, "nebengjek_bench_cqrs").await?;
@@ -296,8 +301,18 @@ pub async fn run(database_url: &str, quick: bool) -> anyhow::Result<()> {
     row(&["tasks", "system", "commands/s", "p50 µs", "p99 µs"].map(String::from));
     row(&["---", "---", "---:", "---:", "---:"].map(String::from));
     let mut ratios = Vec::new();
-    for tasks in [1usize, 32, 128] {
+    for &tasks in task_counts {
         let ours = run_ours(handler.clone(), tasks, duration).await?;
+        if ours_only {
+            row(&[
+                tasks.to_string(),
+                "nebengjek".into(),
+                format!("{:.0}", ours.rate()),
+                ours.p(0.5).to_string(),
+                ours.p(0.99).to_string(),
+            ]);
+            continue;
+        }
         let theirs = run_cqrs(cqrs.clone(), tasks, duration).await?;
         for (name, s) in [("nebengjek", &ours), ("cqrs-es + postgres-es", &theirs)] {
             row(&[

@@ -155,10 +155,24 @@ pub struct EventStore {
 }
 
 impl EventStore {
-    /// Starts the writer task on the pool. The task ends when every handle is dropped.
+    /// Starts the writer task. It has connections of its own, on which its statements
+    /// are planned once (generic plans): re-planning a 37-parameter statement for every
+    /// batch cost more than running it. The task ends when every handle is dropped.
     pub fn start(pool: PgPool) -> Self {
+        let options = (*pool.connect_options()).clone();
+        let writer_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET plan_cache_mode = force_generic_plan")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer_loop(pool.clone(), rx).instrument(tracing::info_span!("event_store_writer")));
+        tokio::spawn(writer_loop(writer_pool, rx).instrument(tracing::info_span!("event_store_writer")));
         Self { pool, writer: tx }
     }
 
@@ -225,6 +239,11 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        // Let the callers just woken by the previous commit send their next appends, so
+        // the batch is bigger and the fixed cost of a transaction is shared by more.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
@@ -233,7 +252,14 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
         }
         let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
         let started = std::time::Instant::now();
-        let result = write_batch(&pool, &requests).await;
+        let result = match write_batch_fast(&pool, &requests).await {
+            Ok(Some(outcomes)) => Ok(outcomes),
+            Ok(None) | Err(sqlx::Error::Database(_)) => {
+                metrics::counter!("nebengjek_append_careful_batches_total").increment(1);
+                write_batch(&pool, &requests).await
+            }
+            Err(error) => Err(error),
+        };
         metrics::histogram!("nebengjek_append_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("nebengjek_append_batch_size").record(batch.len() as f64);
         match result {
@@ -254,12 +280,239 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Takes the store lock as part of `BEGIN` (one round trip).
-const BEGIN_LOCKED: &str = "BEGIN; SELECT 1 FROM event_store FOR UPDATE";
+/// The fast path: the whole batch in **one** autocommitted statement, assuming nothing
+/// goes wrong — no known command key, no stale version, no claim on a held user. The
+/// unique indexes check those assumptions against everything committed; if one fails
+/// the statement fails as a whole and the caller takes the careful path
+/// ([`write_batch`]), which finds out which request was at fault. `Ok(None)` means the
+/// batch is not eligible (a user, aggregate or key appears twice in it).
+///
+/// Positions are `head + 1 ...`, read by the same `UPDATE` that moves the head, whose
+/// row lock is held until the statement commits: the same single point of order as the
+/// careful path.
+pub async fn write_batch_fast(
+    pool: &PgPool,
+    requests: &[&AppendRequest],
+) -> Result<Option<Vec<AppendOutcome>>, sqlx::Error> {
+    let mut seen_users = HashSet::new();
+    let mut seen_streams = HashSet::new();
+    let mut seen_keys = HashSet::new();
+    let mut w = FastWrites::default();
+    let mut offsets = Vec::with_capacity(requests.len());
+    let mut n: i64 = 0;
+    for request in requests {
+        let me = (request.aggregate_type, request.aggregate_id);
+        if !seen_streams.insert(me) {
+            return Ok(None);
+        }
+        if let Some(key) = &request.command_key {
+            if !seen_keys.insert(key.as_str()) {
+                return Ok(None);
+            }
+        }
+        for op in &request.reservations {
+            let user = match op {
+                ReservationOp::Claim(u) | ReservationOp::Release(u) => *u,
+                ReservationOp::Transfer { user, .. } => *user,
+            };
+            if !seen_users.insert(user) {
+                return Ok(None);
+            }
+            match op {
+                ReservationOp::Claim(u) => {
+                    w.claim_users.push(*u);
+                    w.claim_types.push(request.aggregate_type);
+                    w.claim_ids.push(request.aggregate_id);
+                }
+                ReservationOp::Release(u) => {
+                    w.release_users.push(*u);
+                    w.release_ids.push(request.aggregate_id);
+                }
+                ReservationOp::Transfer { user, to_type, to_id } => {
+                    w.transfer_users.push(*user);
+                    w.transfer_from.push(request.aggregate_id);
+                    w.transfer_types.push(to_type);
+                    w.transfer_ids.push(*to_id);
+                }
+            }
+        }
+        let first = n + 1;
+        for (i, event) in request.events.iter().enumerate() {
+            n += 1;
+            w.events
+                .push(n, request, request.expected_version + 1 + i as i64, event);
+        }
+        if let Some(last) = request.events.last() {
+            w.stream_types.push(request.aggregate_type);
+            w.stream_ids.push(request.aggregate_id);
+            w.stream_versions
+                .push(request.expected_version + request.events.len() as i64);
+            w.stream_hashes.push(last.hash.clone());
+            w.stream_times.push(request.recorded_at);
+        }
+        match request.deadline {
+            DeadlineChange::Keep => {}
+            DeadlineChange::Set(due) => {
+                w.due_types.push(request.aggregate_type);
+                w.due_ids.push(request.aggregate_id);
+                w.due_at.push(due);
+            }
+            DeadlineChange::Clear => {
+                w.undue_types.push(request.aggregate_type);
+                w.undue_ids.push(request.aggregate_id);
+            }
+        }
+        let appended = !request.events.is_empty();
+        if let Some(key) = &request.command_key {
+            w.log_keys.push(key.as_str());
+            w.log_types.push(request.aggregate_type);
+            w.log_ids.push(request.aggregate_id);
+            w.log_responses.push(&request.response);
+            w.log_offsets.push(appended.then_some(first));
+            w.log_times.push(request.recorded_at);
+        }
+        offsets.push(appended.then_some((first, n)));
+    }
+    w.since = requests.first().map(|r| r.recorded_at);
+    let base = w.execute(pool, n).await?;
+    Ok(Some(
+        offsets
+            .into_iter()
+            .map(|o| match o {
+                Some((first, last)) => AppendOutcome::Written {
+                    first_position: base + first,
+                    last_position: base + last,
+                },
+                None => AppendOutcome::Written {
+                    first_position: 0,
+                    last_position: 0,
+                },
+            })
+            .collect(),
+    ))
+}
+
+/// The columns of a fast-path batch.
+#[derive(Default)]
+struct FastWrites<'a> {
+    /// Positions here are offsets from the head (1-based).
+    events: EventRows,
+    stream_types: Vec<&'static str>,
+    stream_ids: Vec<Uuid>,
+    stream_versions: Vec<i64>,
+    stream_hashes: Vec<Vec<u8>>,
+    stream_times: Vec<DateTime<Utc>>,
+    log_keys: Vec<&'a str>,
+    log_types: Vec<&'static str>,
+    log_ids: Vec<Uuid>,
+    log_responses: Vec<&'a Value>,
+    log_offsets: Vec<Option<i64>>,
+    log_times: Vec<DateTime<Utc>>,
+    claim_users: Vec<Uuid>,
+    claim_types: Vec<&'static str>,
+    claim_ids: Vec<Uuid>,
+    release_users: Vec<Uuid>,
+    release_ids: Vec<Uuid>,
+    transfer_users: Vec<Uuid>,
+    transfer_from: Vec<Uuid>,
+    transfer_types: Vec<&'static str>,
+    transfer_ids: Vec<Uuid>,
+    since: Option<DateTime<Utc>>,
+    due_types: Vec<&'static str>,
+    due_ids: Vec<Uuid>,
+    due_at: Vec<DateTime<Utc>>,
+    undue_types: Vec<&'static str>,
+    undue_ids: Vec<Uuid>,
+}
+
+const WRITE_BATCH_FAST: &str = "WITH \
+  hd AS (UPDATE event_store SET head_position = head_position + $36 RETURNING head_position - $36 AS base), \
+  ev AS (INSERT INTO events (position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+           payload, metadata, recorded_at, hash) \
+         SELECT hd.base + x.o, x.t, x.i, x.s, x.e, x.v, x.p, x.m, x.r, x.h FROM hd, \
+           UNNEST($1::bigint[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::int[], \
+           $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[]) AS x(o, t, i, s, e, v, p, m, r, h)), \
+  st AS (INSERT INTO streams (aggregate_type, aggregate_id, version, head_hash, updated_at) \
+         SELECT * FROM UNNEST($11::text[], $12::uuid[], $13::bigint[], $14::bytea[], $15::timestamptz[]) \
+         ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = EXCLUDED.version, \
+           head_hash = EXCLUDED.head_hash, updated_at = EXCLUDED.updated_at), \
+  lg AS (INSERT INTO command_log (command_key, aggregate_type, aggregate_id, response, first_position, recorded_at) \
+         SELECT x.k, x.t, x.i, x.r, hd.base + x.o, x.at FROM hd, \
+           UNNEST($16::text[], $17::text[], $18::uuid[], $19::jsonb[], $20::bigint[], $21::timestamptz[]) \
+           AS x(k, t, i, r, o, at)), \
+  cl AS (INSERT INTO participant_reservations (user_id, aggregate_type, aggregate_id, since) \
+         SELECT u, t, i, $25 FROM UNNEST($22::uuid[], $23::text[], $24::uuid[]) AS x(u, t, i)), \
+  rl AS (DELETE FROM participant_reservations r USING UNNEST($26::uuid[], $27::uuid[]) AS x(u, i) \
+         WHERE r.user_id = x.u AND r.aggregate_id = x.i), \
+  tr AS (UPDATE participant_reservations r SET aggregate_type = x.t, aggregate_id = x.i, since = $25 \
+         FROM UNNEST($28::uuid[], $29::uuid[], $30::text[], $31::uuid[]) AS x(u, f, t, i) \
+         WHERE r.user_id = x.u AND r.aggregate_id = x.f), \
+  dd AS (DELETE FROM deadlines d USING UNNEST($32::text[], $33::uuid[]) AS x(t, i) \
+         WHERE d.aggregate_type = x.t AND d.aggregate_id = x.i), \
+  di AS (INSERT INTO deadlines (aggregate_type, aggregate_id, due_at) \
+         SELECT * FROM UNNEST($34::text[], $35::uuid[], $37::timestamptz[]) \
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at), \
+  nt AS (SELECT pg_notify('nebengjek_events', (base + $36)::text) FROM hd WHERE $36 > 0) \
+SELECT base, (SELECT count(*) FROM nt) FROM hd";
+
+impl FastWrites<'_> {
+    async fn execute(&self, pool: &PgPool, n: i64) -> Result<i64, sqlx::Error> {
+        let e = &self.events;
+        let (base, _): (i64, i64) = sqlx::query_as(WRITE_BATCH_FAST)
+            .bind(&e.positions)
+            .bind(&e.types)
+            .bind(&e.ids)
+            .bind(&e.sequences)
+            .bind(&e.event_types)
+            .bind(&e.versions)
+            .bind(&e.payloads)
+            .bind(&e.metadata)
+            .bind(&e.recorded_at)
+            .bind(&e.hashes)
+            .bind(&self.stream_types)
+            .bind(&self.stream_ids)
+            .bind(&self.stream_versions)
+            .bind(&self.stream_hashes)
+            .bind(&self.stream_times)
+            .bind(&self.log_keys)
+            .bind(&self.log_types)
+            .bind(&self.log_ids)
+            .bind(&self.log_responses)
+            .bind(&self.log_offsets)
+            .bind(&self.log_times)
+            .bind(&self.claim_users)
+            .bind(&self.claim_types)
+            .bind(&self.claim_ids)
+            .bind(self.since)
+            .bind(&self.release_users)
+            .bind(&self.release_ids)
+            .bind(&self.transfer_users)
+            .bind(&self.transfer_from)
+            .bind(&self.transfer_types)
+            .bind(&self.transfer_ids)
+            .bind(&self.undue_types)
+            .bind(&self.undue_ids)
+            .bind(&self.due_types)
+            .bind(&self.due_ids)
+            .bind(n)
+            .bind(&self.due_at)
+            .fetch_one(pool)
+            .await?;
+        Ok(base)
+    }
+}
+
+/// Takes the store lock as part of `BEGIN` (one round trip). The batch statements are
+/// planned once (generic plans): re-planning a 33-parameter statement on every batch
+/// cost more than executing it.
+const BEGIN_LOCKED: &str = "BEGIN; SET LOCAL plan_cache_mode = auto; SELECT 1 FROM event_store FOR UPDATE";
 
 /// Writes a batch in one transaction and returns one outcome per request, in order.
 /// Four round trips whatever the batch size: begin + lock, read, write, commit.
-pub async fn write_batch(pool: &PgPool, requests: &[&AppendRequest]) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+pub async fn write_batch(
+    pool: &PgPool,
+    requests: &[&AppendRequest],
+) -> Result<Vec<AppendOutcome>, sqlx::Error> {
     let mut tx = pool.begin_with(BEGIN_LOCKED).await?;
     let outcomes = write_batch_locked(&mut tx, requests).await?;
     tx.commit().await?;
@@ -272,7 +525,9 @@ pub async fn write_batch_in(
     tx: &mut Transaction<'_, Postgres>,
     requests: &[&AppendRequest],
 ) -> Result<Vec<AppendOutcome>, sqlx::Error> {
-    sqlx::query("SELECT 1 FROM event_store FOR UPDATE").execute(&mut **tx).await?;
+    sqlx::query("SELECT 1 FROM event_store FOR UPDATE")
+        .execute(&mut **tx)
+        .await?;
     write_batch_locked(tx, requests).await
 }
 
@@ -282,9 +537,8 @@ const READ_UNDER_LOCK: &str = "SELECT \
     (SELECT head_position FROM event_store), \
     (SELECT coalesce(jsonb_agg(jsonb_build_array(command_key, response)), '[]'::jsonb) \
        FROM command_log WHERE command_key = ANY($1)), \
-    (SELECT coalesce(jsonb_agg(jsonb_build_array(s.aggregate_type, s.aggregate_id, s.version)), '[]'::jsonb) \
-       FROM streams s JOIN UNNEST($2::text[], $3::uuid[]) AS w(t, i) \
-       ON s.aggregate_type = w.t AND s.aggregate_id = w.i), \
+    (SELECT coalesce(jsonb_agg(jsonb_build_array(aggregate_type, aggregate_id, version)), '[]'::jsonb) \
+       FROM streams WHERE aggregate_id = ANY($3) AND aggregate_type = ANY($2)), \
     (SELECT coalesce(jsonb_agg(jsonb_build_array(user_id, aggregate_type, aggregate_id)), '[]'::jsonb) \
        FROM participant_reservations WHERE user_id = ANY($4))";
 
@@ -306,13 +560,14 @@ async fn write_batch_locked(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let (head, logged_json, versions_json, holders_json): (i64, Value, Value, Value) = sqlx::query_as(READ_UNDER_LOCK)
-        .bind(&keys)
-        .bind(&types)
-        .bind(&ids)
-        .bind(&users)
-        .fetch_one(&mut **tx)
-        .await?;
+    let (head, logged_json, versions_json, holders_json): (i64, Value, Value, Value) =
+        sqlx::query_as(READ_UNDER_LOCK)
+            .bind(&keys)
+            .bind(&types)
+            .bind(&ids)
+            .bind(&users)
+            .fetch_one(&mut **tx)
+            .await?;
     let decode = |what: &str| sqlx::Error::Protocol(format!("unreadable {what} from the store lock query"));
     let mut logged: HashMap<String, Value> = HashMap::new();
     for row in logged_json.as_array().ok_or_else(|| decode("command log"))? {
@@ -333,7 +588,10 @@ async fn write_batch_locked(
             return Err(decode("reservations"));
         };
         let user: Uuid = u.parse().map_err(|_| decode("reservations"))?;
-        holders.insert(user, Some((t.to_owned(), i.parse().map_err(|_| decode("reservations"))?)));
+        holders.insert(
+            user,
+            Some((t.to_owned(), i.parse().map_err(|_| decode("reservations"))?)),
+        );
     }
     let original_holders = holders.clone();
 
@@ -420,8 +678,10 @@ async fn write_batch_locked(
         });
     }
 
-    let mut writes = Writes::default();
-    writes.events = rows;
+    let mut writes = Writes {
+        events: rows,
+        ..Writes::default()
+    };
     writes.streams(&streams);
     writes.log(&log_rows);
     writes.reservations(&original_holders, &holders, requests);
@@ -548,7 +808,7 @@ const WRITE_BATCH: &str = "WITH \
            $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[])), \
   st AS (INSERT INTO streams (aggregate_type, aggregate_id, version, head_hash, updated_at) \
          SELECT * FROM UNNEST($11::text[], $12::uuid[], $13::bigint[], $14::bytea[], $15::timestamptz[]) \
-         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version, \
+         ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = EXCLUDED.version, \
            head_hash = EXCLUDED.head_hash, updated_at = EXCLUDED.updated_at), \
   lg AS (INSERT INTO command_log (command_key, aggregate_type, aggregate_id, response, first_position, recorded_at) \
          SELECT * FROM UNNEST($16::text[], $17::text[], $18::uuid[], $19::jsonb[], $20::bigint[], $21::timestamptz[])), \

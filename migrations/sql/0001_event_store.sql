@@ -27,8 +27,6 @@ CREATE TABLE events (
     -- optimistic concurrency: two writers of the same next sequence cannot both win
     CONSTRAINT events_stream_sequence UNIQUE (aggregate_type, aggregate_id, sequence)
 );
-CREATE INDEX events_type_position ON events (aggregate_type, event_type, position);
-CREATE INDEX events_recorded_at ON events (recorded_at);
 
 -- One row per aggregate: its version and the hash of its last event (the chain head).
 -- Kept in the same transaction as the events, so deleting an aggregate's last event is
@@ -39,7 +37,7 @@ CREATE TABLE streams (
     version         bigint      NOT NULL,
     head_hash       bytea       NOT NULL,
     updated_at      timestamptz NOT NULL,
-    PRIMARY KEY (aggregate_type, aggregate_id)
+    PRIMARY KEY (aggregate_id, aggregate_type)        -- id first: looked up by `aggregate_id = ANY(...)`
 );
 
 -- Command idempotency: the first answer to a command id, written in the same

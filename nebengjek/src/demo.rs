@@ -30,7 +30,8 @@ struct Client {
 
 impl Client {
     async fn send(&self, who: &str, actor: Actor, subject: &str, data: Value) -> anyhow::Result<Ack> {
-        self.send_with_id(who, actor, subject, data, &new_id().to_string()).await
+        self.send_with_id(who, actor, subject, data, &new_id().to_string())
+            .await
     }
 
     async fn send_with_id(
@@ -48,7 +49,8 @@ impl Client {
         });
         let reply = tokio::time::timeout(
             Duration::from_secs(5),
-            self.nats.request(subject.to_owned(), serde_json::to_vec(&body)?.into()),
+            self.nats
+                .request(subject.to_owned(), serde_json::to_vec(&body)?.into()),
         )
         .await
         .context("no answer from the command ingress within 5 s")??;
@@ -58,7 +60,10 @@ impl Client {
             (_, Some(e)) => format!("{} ({})", e.code, e.message),
             _ => String::new(),
         };
-        println!("  {who:<9} {subject:<18} → {} {shown}", if ack.ok { "ok " } else { "ERR" });
+        println!(
+            "  {who:<9} {subject:<18} → {} {shown}",
+            if ack.ok { "ok " } else { "ERR" }
+        );
         Ok(ack)
     }
 }
@@ -93,7 +98,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(AcceptingProvider),
     );
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(commands::nats::serve(nats.clone(), bus.clone(), String::new(), stopped.clone()));
+    tokio::spawn(commands::nats::serve(
+        nats.clone(),
+        bus.clone(),
+        String::new(),
+        stopped.clone(),
+    ));
     tokio::spawn(commands::process::run_ride_creator(bus.clone(), stopped.clone()));
     tokio::spawn(commands::process::run_deadlines(bus.clone(), stopped));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -101,7 +111,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = Client { nats };
     let passenger = Actor::new(UserId::from_uuid(new_id()), Role::Passenger);
     let driver = Actor::new(UserId::from_uuid(new_id()), Role::Driver);
-    println!("NebengJek demo — one ride over NATS (passenger {}, driver {})\n", passenger.user_id, driver.user_id);
+    println!(
+        "NebengJek demo — one ride over NATS (passenger {}, driver {})\n",
+        passenger.user_id, driver.user_id
+    );
     let (lat, lon) = (-6.1754, 106.8272); // Monas, Jakarta
 
     let ack = client
@@ -126,8 +139,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("  matcher   (in process)       → proposes the match to the driver, 0.4 km away");
 
     let confirm = json!({"match_id": match_id, "accepted": true});
-    expect(&client.send("driver", driver, "cmd.match.confirm", confirm.clone()).await?, "DRIVER_ACCEPTED")?;
-    expect(&client.send("passenger", passenger, "cmd.match.confirm", confirm).await?, "CONFIRMED")?;
+    expect(
+        &client
+            .send("driver", driver, "cmd.match.confirm", confirm.clone())
+            .await?,
+        "DRIVER_ACCEPTED",
+    )?;
+    expect(
+        &client
+            .send("passenger", passenger, "cmd.match.confirm", confirm)
+            .await?,
+        "CONFIRMED",
+    )?;
 
     let mut ride_id = None;
     for _ in 0..50 {
@@ -143,9 +166,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("  system    process manager    → ride {ride_id} created from the confirmed match");
 
     client
-        .send("driver", driver, "cmd.driver.beacon", json!({"is_active": true, "lat": lat, "lon": lon}))
+        .send(
+            "driver",
+            driver,
+            "cmd.driver.beacon",
+            json!({"is_active": true, "lat": lat, "lon": lon}),
+        )
         .await?;
-    expect(&client.send("driver", driver, "cmd.ride.start", json!({"ride_id": ride_id})).await?, "IN_PROGRESS")?;
+    expect(
+        &client
+            .send("driver", driver, "cmd.ride.start", json!({"ride_id": ride_id}))
+            .await?,
+        "IN_PROGRESS",
+    )?;
     for k in 1..=10 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let point = json!({
@@ -158,18 +191,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     expect(
         &client
-            .send("driver", driver, "cmd.ride.arrive", json!({"ride_id": ride_id, "adjustment_factor": 0.9}))
+            .send(
+                "driver",
+                driver,
+                "cmd.ride.arrive",
+                json!({"ride_id": ride_id, "adjustment_factor": 0.9}),
+            )
             .await?,
         "ARRIVED",
     )?;
     let ride = bus.rides().load(ride_id).await?.state;
-    let amount = ride.amount_due().context("an arrived ride has an amount due")?.get();
+    let amount = ride
+        .amount_due()
+        .context("an arrived ride has an amount due")?
+        .get();
     let decline = json!({"ride_id": ride_id, "amount": amount, "accepted": false});
-    expect(&client.send("passenger", passenger, "cmd.ride.pay", decline).await?, "ARRIVED")?;
+    expect(
+        &client
+            .send("passenger", passenger, "cmd.ride.pay", decline)
+            .await?,
+        "ARRIVED",
+    )?;
     let pay = json!({"ride_id": ride_id, "amount": amount, "accepted": true});
-    let paid = client.send_with_id("passenger", passenger, "cmd.ride.pay", pay.clone(), "pay-1").await?;
+    let paid = client
+        .send_with_id("passenger", passenger, "cmd.ride.pay", pay.clone(), "pay-1")
+        .await?;
     expect(&paid, "COMPLETED")?;
-    let again = client.send_with_id("passenger", passenger, "cmd.ride.pay", pay, "pay-1").await?;
+    let again = client
+        .send_with_id("passenger", passenger, "cmd.ride.pay", pay, "pay-1")
+        .await?;
     if again != paid {
         bail!("a resent command got a different answer");
     }
@@ -180,17 +230,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for e in migrations::read_stream(&pool, "ride", ride_id, 0).await? {
         let p = &e.payload;
         let summary = match e.event_type.as_str() {
-            "trip_point_recorded" => format!("+{} m, cost {} (total {} km)", p["segment_m"], p["cost"], p["cum_km"]),
+            "trip_point_recorded" => format!(
+                "+{} m, cost {} (total {} km)",
+                p["segment_m"], p["cost"], p["cum_km"]
+            ),
             "trip_point_rejected" => format!("rejected: {}", p["reason"]),
             "arrived" => format!(
                 "distance {} km, fare {}, factor {}, adjusted {}, admin fee {}, payout {}",
-                p["distance_km"], p["fare"], p["adjustment_factor"], p["adjusted_fare"], p["admin_fee"], p["driver_payout"]
+                p["distance_km"],
+                p["fare"],
+                p["adjustment_factor"],
+                p["adjusted_fare"],
+                p["admin_fee"],
+                p["driver_payout"]
             ),
             "payment_accepted" => format!("amount {}, attempt {}", p["amount"], p["attempt"]),
             "payment_declined" => format!("attempt {}", p["attempt"]),
             _ => String::new(),
         };
-        println!("  {:>8}  {:>3}  {:<20}  {summary}", e.position, e.sequence, e.event_type);
+        println!(
+            "  {:>8}  {:>3}  {:<20}  {summary}",
+            e.position, e.sequence, e.event_type
+        );
     }
 
     let (breaks, checked) = replay_tools::verify_chains(&pool).await?;
