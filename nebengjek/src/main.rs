@@ -45,9 +45,9 @@ pub enum Role {
     Matcher,
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     if std::env::var("LOG_FORMAT").as_deref() == Ok("json") {
         fmt().with_env_filter(filter).json().init();
     } else {
@@ -57,8 +57,13 @@ fn init_tracing() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
     let cli = Cli::parse();
+    // The demo prints its own story; only warnings from the system interrupt it.
+    init_tracing(if matches!(cli.command, Command::Demo) {
+        "warn"
+    } else {
+        "info,sqlx=warn"
+    });
     let config = config::Config::from_env()?;
     match cli.command {
         Command::Migrate => {
