@@ -731,8 +731,9 @@ fn apply_reservations(
                 }
             }
             ReservationOp::Transfer { user, to_type, to_id } => {
+                // Only what this aggregate holds moves (the fast path does the same).
                 let slot = next.entry(*user).or_insert(None);
-                if slot.is_none() || slot.as_ref() == Some(&me) {
+                if slot.as_ref() == Some(&me) {
                     *slot = Some(((*to_type).to_owned(), *to_id));
                 }
             }

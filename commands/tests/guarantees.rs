@@ -3,7 +3,7 @@
 
 mod support;
 
-use chrono::{TimeDelta, Utc};
+use chrono::Utc;
 use commands::pipeline::{Envelope, Outcome};
 use commands::store::{self, AppendOutcome, AppendRequest, DeadlineChange, EventStore, NewEvent};
 use commands::Ack;
@@ -313,5 +313,4 @@ async fn a_rolled_back_append_leaves_no_gap() {
         ),
         "{outcome:?}"
     );
-    let _ = TimeDelta::zero();
 }
