@@ -4,19 +4,23 @@
 //! ## How an append works
 //! Every process has one writer task. Callers send it an [`AppendRequest`] and wait for
 //! the [`AppendOutcome`]. The writer takes every request that is waiting (up to
-//! [`MAX_BATCH`]) and handles them in **one** transaction:
+//! [`MAX_BATCH`]) and commits them together — one fsync for the whole batch:
 //!
-//! 1. lock the single `event_store` row (`FOR UPDATE`): appends from every process are
-//!    serialized here, so positions are dense and committed in order (guarantee 3);
-//! 2. read the command log, stream versions and reservations the batch touches;
-//! 3. decide each request in order: a known command key is a duplicate (its first
-//!    answer is returned, nothing is written — guarantee 2); a stale expected version is
-//!    a conflict (guarantee 1); a claim on a user held elsewhere is `already_active`;
-//! 4. write the survivors' events, stream heads, command log rows, reservations and
-//!    deadlines, move the head, `NOTIFY`, commit — one fsync for the whole batch.
+//! - **fast path** ([`write_batch_fast`]): one autocommitted statement. Its `UPDATE` of
+//!   the single `event_store` row is the lock: appends from every process are
+//!   serialized there, so positions are dense and committed in order (guarantee 3). It
+//!   assumes no request is a duplicate, stale or claiming a held user; the unique
+//!   indexes check that against everything committed, and any violation fails the whole
+//!   statement;
+//! - **careful path** ([`write_batch`]), taken when the fast one failed: lock the same
+//!   row, read the command log, stream versions and reservations the batch touches, and
+//!   decide each request in order — a known command key is a duplicate (its first answer
+//!   is returned, nothing is written — guarantee 2); a stale expected version is a
+//!   conflict (guarantee 1); a claim on a user held elsewhere is `already_active` — then
+//!   write the survivors and commit.
 //!
-//! The unique `(aggregate_type, aggregate_id, sequence)` constraint stays as the last
-//! line of defence: if it ever fires, the whole batch fails and every caller retries.
+//! In the careful path the unique `(aggregate_type, aggregate_id, sequence)` constraint
+//! is only a backstop: if it fired there, the batch would fail and every caller retry.
 
 use std::collections::{HashMap, HashSet};
 

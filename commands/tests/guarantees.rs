@@ -314,3 +314,37 @@ async fn a_rolled_back_append_leaves_no_gap() {
         "{outcome:?}"
     );
 }
+
+/// The fast path refuses a whole batch when one request in it is a duplicate, writing
+/// nothing; the careful path then gives each request its own outcome.
+#[tokio::test]
+async fn a_batch_with_one_duplicate_falls_back_and_decides_each_request() {
+    let w = world().await;
+    let first = raw_request(Uuid::now_v7(), 0, Some("seen"));
+    assert!(matches!(
+        w.store.append(first).await.unwrap(),
+        AppendOutcome::Written { .. }
+    ));
+    let fresh = raw_request(Uuid::now_v7(), 0, Some("new"));
+    let again = raw_request(Uuid::now_v7(), 0, Some("seen"));
+    let fast = store::write_batch_fast(&w.pool, &[&fresh, &again]).await;
+    assert!(matches!(fast, Err(sqlx::Error::Database(_))), "{fast:?}");
+    assert_eq!(
+        migrations::head_position(&w.pool).await.unwrap(),
+        1,
+        "the failed fast path wrote nothing"
+    );
+
+    let careful = store::write_batch(&w.pool, &[&fresh, &again]).await.unwrap();
+    assert!(
+        matches!(
+            careful[0],
+            AppendOutcome::Written {
+                first_position: 2,
+                ..
+            }
+        ),
+        "{careful:?}"
+    );
+    assert!(matches!(careful[1], AppendOutcome::Duplicate(_)), "{careful:?}");
+}
