@@ -81,8 +81,14 @@ impl Config {
         m.max_drivers_per_request = parse("MATCHING_MAX_DRIVERS_PER_REQUEST", m.max_drivers_per_request)?;
         m.max_rounds = parse("MATCHING_MAX_RETRIES", m.max_rounds)?;
         m.response_timeout_s = parse("MATCHING_RESPONSE_TIMEOUT_SEC", m.response_timeout_s)?;
-        if m.max_drivers_per_request == 0 || m.max_rounds == 0 || m.response_timeout_s <= 0 {
-            bail!("MATCHING_MAX_DRIVERS_PER_REQUEST, MATCHING_MAX_RETRIES and MATCHING_RESPONSE_TIMEOUT_SEC must be positive");
+        if m.max_drivers_per_request == 0 {
+            bail!("MATCHING_MAX_DRIVERS_PER_REQUEST must be positive");
+        }
+        if m.max_rounds == 0 {
+            bail!("MATCHING_MAX_RETRIES must be positive");
+        }
+        if m.response_timeout_s <= 0 {
+            bail!("MATCHING_RESPONSE_TIMEOUT_SEC must be positive");
         }
         let t = &mut policy.trip;
         t.jitter_m = positive("TRIP_JITTER_METERS", parse("TRIP_JITTER_METERS", t.jitter_m)?)?;

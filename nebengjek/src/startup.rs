@@ -48,6 +48,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     let pool = connect(&config).await?;
     migrations::run(&pool).await.context("migrations failed")?;
     let store_id = migrations::store_id(&pool).await?;
+    metrics::gauge!("nebengjek_build_info", "version" => env!("CARGO_PKG_VERSION"), "store_id" => store_id.to_string())
+        .set(1.0);
     let nats = async_nats::connect(&config.nats_url)
         .await
         .with_context(|| format!("cannot connect to NATS at NATS_URL={}", config.nats_url))?;
