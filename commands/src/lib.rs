@@ -16,7 +16,10 @@
 //! - [`nats`]: request/reply ingress in a queue group.
 //! - [`process`]: the process manager (confirmed match → ride) and the deadline
 //!   scheduler (match round timeouts).
-//! - [`ports`]: positions and the payment provider, with in-memory adapters.
+//! - [`ports`]: positions and the payment provider, with in-memory adapters;
+//!   [`redis_positions`]: the Redis adapter of the positions port.
+//! - [`matcher`]: proposes waiting matches to the nearest available drivers, from an
+//!   in-process [`nearest`] grid fed by the `LOCATION` stream and the event feed.
 //! - [`ack`], [`clock`]: the answer shape; injected time and ids.
 //!
 //! ## Guarantees (SPEC.md §5)
@@ -32,10 +35,13 @@ pub mod ack;
 pub mod bus;
 pub mod clock;
 pub mod ingress;
+pub mod matcher;
 pub mod nats;
+pub mod nearest;
 pub mod pipeline;
 pub mod ports;
 pub mod process;
+pub mod redis_positions;
 pub mod store;
 
 pub use ack::Ack;

@@ -11,6 +11,7 @@
 //! - [`aggregate`]: the `decide` / `evolve` shape shared by every aggregate.
 //! - [`ride`] and [`billing`]: the ride lifecycle and its exact integer billing.
 //! - [`matching`]: finding a driver for a passenger.
+//! - [`location`]: drivers' pings and the shared names (stream subject, Redis keys).
 //! - [`chain`]: the tamper-evident hash chain over stored events.
 //!
 //! ## Invariants
@@ -28,6 +29,7 @@ pub mod chain;
 pub mod error;
 pub mod geo;
 pub mod ids;
+pub mod location;
 pub mod matching;
 pub mod money;
 pub mod msisdn;

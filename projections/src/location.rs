@@ -1,0 +1,290 @@
+//! Location ingest: the ping publisher the WebSocket edge calls, and the durable,
+//! ack-based, batching consumer that keeps the Redis geo index fresh.
+//!
+//! Pings go to the JetStream stream `LOCATION` (name configurable, `LOCATION_STREAM`),
+//! subject `location.driver.<driver_id>`. The stream keeps **the last ping of each
+//! driver** (`max_messages_per_subject = 1`, an hour at most): that is all availability
+//! needs, it bounds the stream by the number of drivers, and it lets a rebuild replay
+//! "the latest pings" by reading the stream once. The trip trace that billing needs does
+//! not come from here: a driver's `location_update` during a ride is recorded on the
+//! ride by the command pipeline before it is acked.
+//!
+//! [`run`] is one task that owns every write to the index, so pings, feed batches,
+//! sweeps and rebuilds never race each other: it pulls ping batches (up to 1000, one
+//! script each, acknowledged together with `AckPolicy::All`), projects the event feed
+//! after the stored checkpoint, sweeps stale drivers every second, and — when it finds
+//! the checkpoint gone (a flushed Redis) — replays the latest pings while the feed
+//! projection starts again from position 0.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use chrono::{DateTime, Utc};
+use domain::location::{self, Ping};
+use domain::{GeoPoint, UserId};
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::geo::{BatchOutcome, GeoError, GeoIndex, FEED_BATCH};
+
+/// Pings per Redis script and per acknowledgement.
+pub const PING_BATCH: usize = 1000;
+
+/// Why a ping could not be published or consumed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    /// JetStream refused or is unreachable.
+    #[error("jetstream: {0}")]
+    JetStream(String),
+    /// The index failed.
+    #[error(transparent)]
+    Geo(#[from] GeoError),
+}
+
+fn js_error(e: impl std::fmt::Display) -> LocationError {
+    LocationError::JetStream(e.to_string())
+}
+
+/// Creates the stream if it is missing (an existing one is used as it is).
+pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<stream::Stream, LocationError> {
+    js.get_or_create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![location::subjects(name)],
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(location::STREAM_MAX_AGE_S),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(js_error)
+}
+
+/// Publishes drivers' pings (the WebSocket edge's `beacon_update` and a driver's
+/// `location_update`).
+#[derive(Debug, Clone)]
+pub struct LocationPublisher {
+    js: jetstream::Context,
+    stream: String,
+}
+
+impl LocationPublisher {
+    /// A publisher on `stream`, created if missing.
+    pub async fn new(js: jetstream::Context, stream: &str) -> Result<Self, LocationError> {
+        ensure_stream(&js, stream).await?;
+        Ok(Self {
+            js,
+            stream: stream.to_owned(),
+        })
+    }
+
+    /// Publishes one ping and waits until JetStream has stored it.
+    pub async fn publish_ping(
+        &self,
+        driver_id: UserId,
+        point: GeoPoint,
+        is_active: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), LocationError> {
+        self.send(&Ping {
+            driver_id,
+            point,
+            is_active,
+            at,
+        })
+        .await?
+        .await
+        .map_err(js_error)?;
+        Ok(())
+    }
+
+    /// Sends a ping without waiting for JetStream's acknowledgement; the returned future
+    /// resolves when it is stored. For callers that pipeline many pings.
+    pub async fn send(&self, ping: &Ping) -> Result<jetstream::context::PublishAckFuture, LocationError> {
+        let body = serde_json::to_vec(ping).map_err(js_error)?;
+        self.js
+            .publish(location::subject(&self.stream, ping.driver_id), body.into())
+            .await
+            .map_err(js_error)
+    }
+}
+
+/// The durable consumer's name: namespaced by the event store's identity (SPEC.md §4),
+/// so a deployment on a new database starts from the stream's current pings.
+pub fn consumer_name(store_id: uuid::Uuid) -> String {
+    format!("geo-{store_id}")
+}
+
+fn parse(message: &jetstream::Message) -> Option<Ping> {
+    match serde_json::from_slice::<Ping>(&message.payload) {
+        Ok(p) => Some(p),
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, %error, "unreadable ping skipped");
+            None
+        }
+    }
+}
+
+/// Applies the latest ping of every driver still in the stream (a rebuild after Redis
+/// lost its keys). Returns how many pings it applied.
+pub async fn replay_latest_pings(
+    js: &jetstream::Context,
+    stream_name: &str,
+    index: &GeoIndex,
+) -> Result<usize, LocationError> {
+    let stream = ensure_stream(js, stream_name).await?;
+    let replay = stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .map_err(js_error)?;
+    let mut total = 0;
+    loop {
+        let mut batch = replay
+            .fetch()
+            .max_messages(PING_BATCH)
+            .messages()
+            .await
+            .map_err(js_error)?;
+        let mut pings = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(js_error)?;
+            pings.extend(parse(&message));
+        }
+        if pings.is_empty() {
+            break;
+        }
+        total += pings.len();
+        index.apply_pings(&pings).await?;
+    }
+    let name = replay.cached_info().name.clone();
+    let _ = stream.delete_consumer(&name).await;
+    Ok(total)
+}
+
+/// What [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct GeoProjection {
+    /// The event store.
+    pub pool: PgPool,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The `LOCATION` stream's name.
+    pub stream: String,
+    /// The durable consumer's name ([`consumer_name`]).
+    pub consumer: String,
+    /// The index it keeps.
+    pub index: GeoIndex,
+}
+
+impl GeoProjection {
+    /// Projects the feed until up to date; on a missing checkpoint after one had been
+    /// seen (a flushed Redis) replays the latest pings too. `seen` is the last
+    /// checkpoint this task saw.
+    async fn project_feed(&self, seen: &mut Option<i64>) -> Result<(), LocationError> {
+        let stored = self.index.checkpoint().await?;
+        if stored.is_none() && seen.is_some_and(|s| s > 0) {
+            tracing::warn!(stream = %self.stream, "geo index keys are gone; rebuilding from position 0 and the latest pings");
+            metrics::counter!("nebengjek_geo_rebuilds_total").increment(1);
+            let replayed = replay_latest_pings(&self.js, &self.stream, &self.index).await?;
+            tracing::info!(replayed, "latest pings replayed");
+        }
+        loop {
+            match self.index.project_once(&self.pool, FEED_BATCH).await? {
+                BatchOutcome::UpToDate => break,
+                BatchOutcome::Applied(position) => *seen = Some(position),
+                BatchOutcome::Lost => {}
+            }
+        }
+        if let Ok(head) = migrations::head_position(&self.pool).await {
+            let at = self.index.checkpoint().await?.unwrap_or(0);
+            metrics::gauge!("nebengjek_geo_projection_lag_events").set((head - at).max(0) as f64);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the location consumer, the feed projection and the sweeper until `shutdown`.
+pub async fn run(
+    projection: GeoProjection,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LocationError> {
+    let stream = ensure_stream(&projection.js, &projection.stream).await?;
+    let durable = stream
+        .get_or_create_consumer(
+            &projection.consumer,
+            consumer::pull::Config {
+                durable_name: Some(projection.consumer.clone()),
+                ack_policy: consumer::AckPolicy::All,
+                deliver_policy: consumer::DeliverPolicy::All,
+                max_ack_pending: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(js_error)?;
+    if projection.index.checkpoint().await?.is_none() {
+        replay_latest_pings(&projection.js, &projection.stream, &projection.index).await?;
+    }
+    let messages = durable
+        .stream()
+        .max_messages_per_batch(PING_BATCH)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .map_err(js_error)?;
+    let mut chunks = messages.ready_chunks(PING_BATCH);
+    let mut feed_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut sweep_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seen = projection.index.checkpoint().await?;
+    loop {
+        tokio::select! {
+            chunk = chunks.next() => {
+                let Some(chunk) = chunk else {
+                    return Err(LocationError::JetStream("the ping consumer ended".into()));
+                };
+                let mut pings = Vec::with_capacity(chunk.len());
+                let mut last = None;
+                for message in chunk {
+                    match message {
+                        Ok(m) => {
+                            pings.extend(parse(&m));
+                            last = Some(m);
+                        }
+                        Err(error) => tracing::warn!(%error, "ping consumer error"),
+                    }
+                }
+                if let Err(error) = projection.index.apply_pings(&pings).await {
+                    // Not acknowledged: JetStream redelivers after the ack wait.
+                    tracing::error!(%error, "applying pings failed");
+                    continue;
+                }
+                if let Some(m) = last {
+                    if let Err(error) = m.ack().await {
+                        tracing::warn!(%error, "ping ack failed; they will be redelivered");
+                    }
+                }
+                metrics::counter!("nebengjek_location_pings_ingested_total").increment(pings.len() as u64);
+            }
+            _ = feed_tick.tick() => {
+                if let Err(error) = projection.project_feed(&mut seen).await {
+                    tracing::error!(%error, "geo projection failed; retrying");
+                }
+            }
+            _ = sweep_tick.tick() => {
+                if let Err(error) = projection.index.sweep().await {
+                    tracing::error!(%error, "geo sweep failed; retrying");
+                }
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+    }
+}
