@@ -136,28 +136,35 @@ pub async fn replay_latest_pings(
     let replay = stream
         .create_consumer(consumer::pull::Config {
             deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            filter_subject: location::subjects(stream_name),
             ack_policy: consumer::AckPolicy::None,
             inactive_threshold: Duration::from_secs(60),
             ..Default::default()
         })
         .await
         .map_err(js_error)?;
+    // What is there now; pings published meanwhile reach the live consumer anyway.
+    let mut remaining = replay.cached_info().num_pending as usize;
     let mut total = 0;
-    loop {
+    while remaining > 0 {
         let mut batch = replay
-            .fetch()
-            .max_messages(PING_BATCH)
+            .batch()
+            .max_messages(remaining.min(PING_BATCH))
+            .expires(Duration::from_secs(1))
             .messages()
             .await
             .map_err(js_error)?;
         let mut pings = Vec::new();
+        let mut received = 0;
         while let Some(message) = batch.next().await {
             let message = message.map_err(js_error)?;
+            received += 1;
             pings.extend(parse(&message));
         }
-        if pings.is_empty() {
+        if received == 0 {
             break;
         }
+        remaining = remaining.saturating_sub(received);
         total += pings.len();
         index.apply_pings(&pings).await?;
     }
@@ -208,7 +215,25 @@ impl GeoProjection {
     }
 }
 
-/// Runs the location consumer, the feed projection and the sweeper until `shutdown`.
+/// [`run`], restarted a second after any error, until `shutdown` turns true.
+pub async fn run_until_stopped(projection: GeoProjection, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match run(projection.clone(), shutdown.clone()).await {
+            Ok(()) => return,
+            Err(error) => tracing::error!(%error, "geo projection stopped; restarting"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// Runs the location consumer, the feed projection and the sweeper until `shutdown`;
+/// returns the first error that stops it.
 pub async fn run(
     projection: GeoProjection,
     mut shutdown: watch::Receiver<bool>,
