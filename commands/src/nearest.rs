@@ -245,4 +245,70 @@ mod tests {
         let found = g.nearest(&p(-6.2, 106.8), 5.0, 5, |d| d != id(1));
         assert_eq!(found.iter().map(|f| f.id).collect::<Vec<_>>(), vec![id(2)]);
     }
+
+    fn brute_force(
+        points: &[(UserId, GeoPoint)],
+        from: &GeoPoint,
+        radius_km: f64,
+        k: usize,
+        banned: &[UserId],
+    ) -> Vec<UserId> {
+        let mut all: Vec<(f64, UserId)> = points
+            .iter()
+            .filter(|(id, _)| !banned.contains(id))
+            .map(|(id, p)| (from.distance_km(p), *id))
+            .filter(|(d, _)| *d <= radius_km)
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        all.into_iter().take(k).map(|(_, id)| id).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// The grid answers exactly what a scan of every point answers, after any mix of
+        /// inserts, moves and removals, for any query, radius, k and filter.
+        #[test]
+        fn the_grid_agrees_with_brute_force(
+            // A Jakarta-sized box, plus a few far-away points.
+            raw in proptest::collection::vec((-6.45f64..-6.05, 106.65f64..107.05), 0..300),
+            far in proptest::collection::vec((-11.0f64..6.0, 95.0f64..141.0), 0..10),
+            moves in proptest::collection::vec((0usize..300, -6.45f64..-6.05, 106.65f64..107.05), 0..50),
+            removals in proptest::collection::vec(0usize..300, 0..50),
+            query in (-6.5f64..-6.0, 106.6f64..107.1),
+            radius_km in 0.0f64..25.0,
+            k in 0usize..8,
+            ban_every in 2usize..7,
+        ) {
+            let mut g = GridIndex::new();
+            let mut truth: Vec<(UserId, GeoPoint)> = Vec::new();
+            for (n, (lat, lon)) in raw.iter().chain(far.iter()).enumerate() {
+                let point = p(*lat, *lon);
+                g.upsert(id(n as u128), point);
+                truth.push((id(n as u128), point));
+            }
+            for (n, lat, lon) in moves {
+                if let Some(entry) = truth.get_mut(n) {
+                    entry.1 = p(lat, lon);
+                    g.upsert(entry.0, entry.1);
+                }
+            }
+            for n in removals {
+                if n < truth.len() {
+                    let (gone, _) = truth[n];
+                    g.remove(gone);
+                    truth.retain(|(i, _)| *i != gone);
+                }
+            }
+            proptest::prop_assert_eq!(g.len(), truth.len());
+            let banned: Vec<UserId> = truth.iter().step_by(ban_every).map(|(i, _)| *i).collect();
+            let from = p(query.0, query.1);
+            let found: Vec<UserId> = g
+                .nearest(&from, radius_km, k, |i| !banned.contains(&i))
+                .iter()
+                .map(|f| f.id)
+                .collect();
+            proptest::prop_assert_eq!(found, brute_force(&truth, &from, radius_km, k, &banned));
+        }
+    }
 }
