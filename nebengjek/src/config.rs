@@ -23,6 +23,44 @@ pub struct Config {
     pub database_max_connections: u32,
     /// The business parameters (`BILLING_*`, `MATCHING_*`, `TRIP_*`, `SERVICE_AREA_*`).
     pub policy: Policy,
+    /// Location ingest and the geo index (`LOCATION_*`, `REDIS_KEY_PREFIX`).
+    pub location: LocationConfig,
+}
+
+/// `LOCATION_*` and `REDIS_KEY_PREFIX`.
+#[derive(Debug, Clone)]
+pub struct LocationConfig {
+    /// `LOCATION_STREAM`: the JetStream stream of drivers' pings (`LOCATION`).
+    pub stream: String,
+    /// `LOCATION_AVAILABILITY_TTL_SECONDS`: a driver is available this long after a
+    /// ping (60).
+    pub availability_ttl: std::time::Duration,
+    /// `MATCHING_ETA_SPEED_KMH`: the straight-line speed of an ETA (30).
+    pub eta_speed_kmh: f64,
+    /// `REDIS_KEY_PREFIX`: put before every Redis key (empty).
+    pub redis_key_prefix: String,
+}
+
+impl LocationConfig {
+    fn from_env() -> anyhow::Result<Self> {
+        let stream = var("LOCATION_STREAM").unwrap_or_else(|| domain::location::DEFAULT_STREAM.into());
+        if !stream
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bail!("LOCATION_STREAM must be letters, digits, '_' or '-', got {stream:?}");
+        }
+        let ttl: u64 = parse("LOCATION_AVAILABILITY_TTL_SECONDS", 60u64)?;
+        if ttl == 0 {
+            bail!("LOCATION_AVAILABILITY_TTL_SECONDS must be positive");
+        }
+        Ok(Self {
+            stream,
+            availability_ttl: std::time::Duration::from_secs(ttl),
+            eta_speed_kmh: positive("MATCHING_ETA_SPEED_KMH", parse("MATCHING_ETA_SPEED_KMH", 30.0)?)?,
+            redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
+        })
+    }
 }
 
 fn var(name: &str) -> Option<String> {
@@ -113,6 +151,7 @@ impl Config {
                 .context("HTTP_ADDR must be host:port")?,
             database_max_connections: parse("DATABASE_MAX_CONNECTIONS", 20u32)?,
             policy,
+            location: LocationConfig::from_env()?,
         })
     }
 }

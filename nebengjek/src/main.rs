@@ -41,7 +41,8 @@ pub enum Role {
     All,
     /// The command ingress (NATS).
     Commands,
-    /// The process manager and the deadline scheduler.
+    /// The process manager, the deadline scheduler, the location consumer with the
+    /// Redis geo projection, and the matcher.
     Matcher,
 }
 

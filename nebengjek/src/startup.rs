@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use commands::clock::SystemClock;
-use commands::ports::{AcceptingProvider, InMemoryPositions};
+use commands::ports::AcceptingProvider;
+use commands::redis_positions::RedisPositions;
 use commands::{CommandBus, EventStore};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
@@ -54,12 +55,19 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to NATS at NATS_URL={}", config.nats_url))?;
 
+    let redis = redis::Client::open(config.redis_url.as_str())
+        .with_context(|| format!("REDIS_URL={} is not a Redis URL", config.redis_url))?
+        .get_connection_manager()
+        .await
+        .with_context(|| format!("cannot connect to Redis at REDIS_URL={}", config.redis_url))?;
+    let positions = RedisPositions::new(redis.clone(), &config.location.redis_key_prefix, store_id);
+
     let store = EventStore::start(pool.clone());
     let bus = CommandBus::new(
         store,
         config.policy,
         Arc::new(SystemClock),
-        Arc::new(InMemoryPositions::default()),
+        Arc::new(positions),
         Arc::new(AcceptingProvider),
     );
 
@@ -82,6 +90,15 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             bus.clone(),
             stopped.clone(),
         )));
+        tasks.extend(spawn_geo(
+            &config,
+            &pool,
+            &nats,
+            redis.clone(),
+            store_id,
+            &bus,
+            &stopped,
+        ));
     }
 
     let redis_addr = config
@@ -115,6 +132,51 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     Ok(())
+}
+
+/// The location consumer with the Redis geo projection, and the matcher.
+fn spawn_geo(
+    config: &Config,
+    pool: &PgPool,
+    nats: &async_nats::Client,
+    redis: redis::aio::ConnectionManager,
+    store_id: uuid::Uuid,
+    bus: &CommandBus,
+    stopped: &watch::Receiver<bool>,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let js = async_nats::jetstream::new(nats.clone());
+    let location = &config.location;
+    let index = projections::geo::GeoIndex::new(
+        redis,
+        projections::geo::GeoKeys::new(&location.redis_key_prefix, store_id),
+        location.availability_ttl,
+        projections::geo::system_now(),
+    );
+    let projection = projections::location::GeoProjection {
+        pool: pool.clone(),
+        js: js.clone(),
+        stream: location.stream.clone(),
+        consumer: projections::location::consumer_name(store_id),
+        index,
+    };
+    let matcher = commands::matcher::MatcherConfig {
+        availability_ttl: location.availability_ttl,
+        max_candidates: usize::try_from(config.policy.matching.max_drivers_per_request).unwrap_or(usize::MAX),
+        speed_kmh: location.eta_speed_kmh,
+    };
+    [
+        tokio::spawn(projections::location::run_until_stopped(
+            projection,
+            stopped.clone(),
+        )),
+        tokio::spawn(commands::matcher::run(
+            bus.clone(),
+            js,
+            location.stream.clone(),
+            matcher,
+            stopped.clone(),
+        )),
+    ]
 }
 
 async fn readyz(State(ops): State<Ops>) -> (StatusCode, Json<serde_json::Value>) {
