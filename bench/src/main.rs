@@ -7,8 +7,11 @@
 //!
 //! - `pipeline`: the ride lifecycle through our command pipeline versus stock cqrs-es +
 //!   postgres-es, plus the raw PostgreSQL insert ceiling.
+//! - `geo`: nearest-5 driver search (in-process grid vs Redis `GEOSEARCH`) and location
+//!   ingest (batched consumer vs a Redis round trip per ping).
 
 mod cqrs_baseline;
+mod geo;
 mod pipeline;
 mod report;
 
@@ -42,6 +45,25 @@ enum Suite {
         )]
         database_url: String,
     },
+    /// Nearest-5 search and location ingest vs plain Redis GEO commands.
+    Geo {
+        /// Bound the run to about two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// PostgreSQL server (the bench creates and drops its own database there).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/nebengjek"
+        )]
+        database_url: String,
+        /// Redis.
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// NATS.
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+    },
 }
 
 #[tokio::main]
@@ -54,5 +76,18 @@ async fn main() -> anyhow::Result<()> {
             ours_only,
             database_url,
         } => pipeline::run(&database_url, quick, &tasks, ours_only).await,
+        Suite::Geo {
+            quick,
+            database_url,
+            redis_url,
+            nats_url,
+        } => {
+            let targets = geo::Targets {
+                database_url,
+                redis_url,
+                nats_url,
+            };
+            geo::run(&targets, quick).await
+        }
     }
 }

@@ -180,7 +180,13 @@ async fn collect(
 }
 
 /// Drops and recreates a database on the server of `url`; returns its URL.
-async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
+/// The server's `postgres` database, for creating and dropping others.
+pub(crate) fn admin_url(url: &str) -> String {
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    format!("{base}/postgres")
+}
+
+pub(crate) async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
     let mut admin = PgConnection::connect(&format!("{base}/postgres")).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
