@@ -338,6 +338,13 @@ pub async fn run(targets: &Targets, quick: bool) -> anyhow::Result<()> {
         Duration::from_secs(3600),
         projections::geo::system_now(),
     );
+    // A projection that is already running (its checkpoint exists), so that what is
+    // measured is the durable consumer, not the start-up replay of the latest pings.
+    redis::cmd("SET")
+        .arg(&keys.checkpoint)
+        .arg(0)
+        .query_async::<()>(&mut conn)
+        .await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let ours_start = Instant::now();
     let task = tokio::spawn(projections::location::run(
