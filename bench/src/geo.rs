@@ -292,7 +292,7 @@ pub async fn run(targets: &Targets, quick: bool) -> anyhow::Result<()> {
                         UserId::from_uuid(Uuid::from_u128(i as u128 + 1))
                     },
                     point: p,
-                    is_active: true,
+                    is_active: Some(true),
                     at,
                 }
             })

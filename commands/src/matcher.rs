@@ -111,6 +111,8 @@ pub struct Matcher {
     bus: CommandBus,
     config: MatcherConfig,
     seen: HashMap<UserId, Seen>,
+    /// Drivers whose last beacon said offline.
+    offline: std::collections::HashSet<UserId>,
     /// Online and not busy (fresh or not).
     index: GridIndex,
     /// User → `<type>:<id>` of the open match or ride holding them.
@@ -150,6 +152,7 @@ impl Matcher {
             bus,
             config,
             seen: HashMap::new(),
+            offline: std::collections::HashSet::new(),
             index: GridIndex::new(),
             holders: held
                 .into_iter()
@@ -199,15 +202,27 @@ impl Matcher {
                 continue; // older than what we have
             }
             let was = self.available(driver, cutoff);
+            match ping.is_active {
+                Some(true) => {
+                    self.offline.remove(&driver);
+                }
+                Some(false) => {
+                    self.offline.insert(driver);
+                }
+                None => {}
+            }
+            // A position alone keeps the online state: online unless the last beacon
+            // said offline.
+            let active = !self.offline.contains(&driver);
             self.seen.insert(
                 driver,
                 Seen {
                     point: ping.point,
                     at: ping.at,
-                    active: ping.is_active,
+                    active,
                 },
             );
-            if ping.is_active && !self.holders.contains_key(&driver) {
+            if active && !self.holders.contains_key(&driver) {
                 self.index.upsert(driver, ping.point);
             } else {
                 self.index.remove(driver);

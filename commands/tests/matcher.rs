@@ -41,7 +41,7 @@ fn ping(w: &World, driver: Actor, point: GeoPoint) -> Ping {
     Ping {
         driver_id: driver.user_id,
         point,
-        is_active: true,
+        is_active: Some(true),
         at: w.clock.now(),
     }
 }
@@ -102,12 +102,17 @@ async fn the_nearest_drivers_within_the_radius_are_proposed_nearest_first() {
     ];
     // Offline, and stale: neither is proposed.
     pings.push(Ping {
-        is_active: false,
+        is_active: Some(false),
         ..ping(&w, d[4], north(0.5))
     });
     pings.push(Ping {
         at: w.clock.now() - TimeDelta::seconds(61),
         ..ping(&w, d[5], north(0.2))
+    });
+    // A position alone (`location_update`) keeps the offline driver offline.
+    pings.push(Ping {
+        is_active: None,
+        ..ping(&w, d[4], north(0.4))
     });
     matcher.on_pings(&pings).await.unwrap();
 

@@ -41,16 +41,18 @@ fn subject_prefix(stream: &str) -> String {
     }
 }
 
-/// One driver position report: a `beacon_update` (`is_active` as sent) or a
-/// `location_update` (`is_active: true`: a driver who reports a position is online).
+/// One driver position report: a `beacon_update` (`is_active: Some(..)` as sent) or a
+/// `location_update` (`is_active: None`: a position, which keeps the driver's online
+/// state — online unless their last beacon said offline).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ping {
     /// The driver.
     pub driver_id: UserId,
     /// Where.
     pub point: GeoPoint,
-    /// Whether the driver is online (accepting proposals).
-    pub is_active: bool,
+    /// Whether the driver is now online (accepting proposals); `None` leaves it as it is.
+    #[serde(default)]
+    pub is_active: Option<bool>,
     /// When the server received it (or the client's `recorded_at`).
     pub at: DateTime<Utc>,
 }
@@ -66,6 +68,9 @@ pub mod keys {
     pub const DRIVERS_AVAILABLE: &str = "drivers:available";
     /// ZSET of online drivers, score = last ping, Unix milliseconds.
     pub const DRIVERS_ONLINE: &str = "drivers:online";
+    /// SET of drivers whose last beacon said offline (a `location_update` does not bring
+    /// them online).
+    pub const DRIVERS_OFFLINE: &str = "drivers:offline";
     /// HASH user id → `<aggregate_type>:<aggregate_id>` holding them (open match or ride).
     pub const BUSY: &str = "participants:busy";
     /// HASH user id → last known position, see [`super::encode_position`].

@@ -80,6 +80,8 @@ pub struct GeoKeys {
     pub available: String,
     /// `drivers:online`.
     pub online: String,
+    /// `drivers:offline`.
+    pub offline: String,
     /// `participants:busy`.
     pub busy: String,
     /// `positions`.
@@ -95,6 +97,7 @@ impl GeoKeys {
         Self {
             available: k(keys::DRIVERS_AVAILABLE),
             online: k(keys::DRIVERS_ONLINE),
+            offline: k(keys::DRIVERS_OFFLINE),
             busy: k(keys::BUSY),
             positions: k(keys::POSITIONS),
             checkpoint: k(keys::GEO_CHECKPOINT),
@@ -102,10 +105,11 @@ impl GeoKeys {
     }
 
     /// Every key, for tests that clean up after themselves or simulate a flush.
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 6] {
         [
             &self.available,
             &self.online,
+            &self.offline,
             &self.busy,
             &self.positions,
             &self.checkpoint,
@@ -158,31 +162,50 @@ impl fmt::Debug for GeoIndex {
     }
 }
 
+// KEYS: positions, online, busy, available, offline. ARGV: cutoff, then per ping
+// id, lon, lat, at_ms, active ('1' beacon on, '0' beacon off, 'k' position only:
+// online unless the last beacon said offline), encoded position.
 const PINGS_LUA: &str = r"
 local cutoff = tonumber(ARGV[1])
 local n = (#ARGV - 1) / 6
-local hset, online, offline, ids = {}, {}, {}, {}
+local hset, ids, on, off, keep = {}, {}, {}, {}, {}
 for i = 0, n - 1 do
   local b = 2 + i * 6
   local id = ARGV[b]
   ids[#ids + 1] = id
   hset[#hset + 1] = id
   hset[#hset + 1] = ARGV[b + 5]
-  if ARGV[b + 4] == '1' then
-    online[#online + 1] = ARGV[b + 3]
-    online[#online + 1] = id
-  else
-    offline[#offline + 1] = id
-  end
+  local a = ARGV[b + 4]
+  if a == '1' then on[#on + 1] = id elseif a == '0' then off[#off + 1] = id else keep[#keep + 1] = id end
 end
 redis.call('HSET', KEYS[1], unpack(hset))
+if #on > 0 then redis.call('SREM', KEYS[5], unpack(on)) end
+if #off > 0 then
+  redis.call('SADD', KEYS[5], unpack(off))
+  redis.call('ZREM', KEYS[2], unpack(off))
+end
+local offline = {}
+if #keep > 0 then
+  local flags = redis.call('SMISMEMBER', KEYS[5], unpack(keep))
+  for j, id in ipairs(keep) do offline[id] = flags[j] == 1 end
+end
+local online = {}
+for i = 0, n - 1 do
+  local b = 2 + i * 6
+  local a = ARGV[b + 4]
+  if a == '1' or (a == 'k' and not offline[ARGV[b]]) then
+    online[#online + 1] = ARGV[b + 3]
+    online[#online + 1] = ARGV[b]
+  end
+end
 if #online > 0 then redis.call('ZADD', KEYS[2], unpack(online)) end
-if #offline > 0 then redis.call('ZREM', KEYS[2], unpack(offline)) end
 local busy = redis.call('HMGET', KEYS[3], unpack(ids))
 local add, rem = {}, {}
 for i = 0, n - 1 do
   local b = 2 + i * 6
-  if ARGV[b + 4] == '1' and not busy[i + 1] and tonumber(ARGV[b + 3]) >= cutoff then
+  local a = ARGV[b + 4]
+  local is_on = a == '1' or (a == 'k' and not offline[ARGV[b]])
+  if is_on and not busy[i + 1] and tonumber(ARGV[b + 3]) >= cutoff then
     add[#add + 1] = ARGV[b + 1]
     add[#add + 1] = ARGV[b + 2]
     add[#add + 1] = ARGV[b]
@@ -309,6 +332,7 @@ impl GeoIndex {
             .key(&self.keys.online)
             .key(&self.keys.busy)
             .key(&self.keys.available)
+            .key(&self.keys.offline)
             .arg(self.cutoff_ms());
         for (i, p) in pings.iter().enumerate() {
             if last.get(&p.driver_id) != Some(&i) {
@@ -318,7 +342,11 @@ impl GeoIndex {
                 .arg(p.point.lon())
                 .arg(p.point.lat())
                 .arg(p.at.timestamp_millis())
-                .arg(if p.is_active { "1" } else { "0" })
+                .arg(match p.is_active {
+                    Some(true) => "1",
+                    Some(false) => "0",
+                    None => "k",
+                })
                 .arg(encode_position(p.point, p.at));
         }
         let mut conn = self.redis.clone();

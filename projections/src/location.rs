@@ -78,7 +78,8 @@ impl LocationPublisher {
         })
     }
 
-    /// Publishes one ping and waits until JetStream has stored it.
+    /// Publishes a `beacon_update` (online or not, and where) and waits until JetStream
+    /// has stored it.
     pub async fn publish_ping(
         &self,
         driver_id: UserId,
@@ -86,15 +87,35 @@ impl LocationPublisher {
         is_active: bool,
         at: DateTime<Utc>,
     ) -> Result<(), LocationError> {
-        self.send(&Ping {
+        self.publish(&Ping {
             driver_id,
             point,
-            is_active,
+            is_active: Some(is_active),
             at,
         })
-        .await?
         .await
-        .map_err(js_error)?;
+    }
+
+    /// Publishes a driver's `location_update` (a position; the online state stays as the
+    /// last beacon left it) and waits until JetStream has stored it.
+    pub async fn publish_position(
+        &self,
+        driver_id: UserId,
+        point: GeoPoint,
+        at: DateTime<Utc>,
+    ) -> Result<(), LocationError> {
+        self.publish(&Ping {
+            driver_id,
+            point,
+            is_active: None,
+            at,
+        })
+        .await
+    }
+
+    /// Publishes a ping and waits until JetStream has stored it.
+    pub async fn publish(&self, ping: &Ping) -> Result<(), LocationError> {
+        self.send(ping).await?.await.map_err(js_error)?;
         Ok(())
     }
 

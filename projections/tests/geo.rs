@@ -29,7 +29,7 @@ fn ping(w: &World, driver: UserId, point: GeoPoint, is_active: bool) -> Ping {
     Ping {
         driver_id: driver,
         point,
-        is_active,
+        is_active: Some(is_active),
         at: w.clock.now(),
     }
 }
@@ -288,10 +288,16 @@ async fn a_crash_at_any_point_leaves_data_and_checkpoint_together() {
     let mut rng = rand::thread_rng();
     let mut crashes = 0;
     let mut seen_checkpoints = BTreeSet::new();
-    for _ in 0..400 {
-        // A new process each time, on the same keys.
+    for round in 0..400 {
+        // A new process each time, on the same keys, given too little time every other
+        // round (it is cancelled wherever it is: before, during or after the feed read,
+        // with the script sent or not), enough time otherwise.
         let index = w.another_index();
-        let budget = Duration::from_micros(rng.gen_range(0..3000));
+        let budget = Duration::from_micros(if round % 2 == 0 {
+            rng.gen_range(0..2_000)
+        } else {
+            rng.gen_range(0..50_000)
+        });
         let batch = rng.gen_range(1..4);
         if tokio::time::timeout(budget, index.project_once(&w.pool, batch))
             .await
