@@ -58,7 +58,10 @@ fn positive(name: &str, value: f64) -> anyhow::Result<f64> {
 /// A NATS stream name or subject token: letters, digits, `_` and `-` only.
 fn nats_token(name: &str, default: &str) -> anyhow::Result<String> {
     let value = var(name).unwrap_or_else(|| default.to_owned());
-    if value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         Ok(value)
     } else {
         bail!("{name}={value:?} must be letters, digits, '_' or '-' only")
