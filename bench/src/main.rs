@@ -7,9 +7,12 @@
 //!
 //! - `pipeline`: the ride lifecycle through our command pipeline versus stock cqrs-es +
 //!   postgres-es, plus the raw PostgreSQL insert ceiling.
+//! - `projections`: rebuild and `verify` over a million events against a raw COPY and a
+//!   raw read of the same rows, and projection lag under the pipeline's load.
 
 mod cqrs_baseline;
 mod pipeline;
+mod projections;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +45,22 @@ enum Suite {
         )]
         database_url: String,
     },
+    /// Rebuild and verify vs raw COPY and raw read; projection lag under load.
+    Projections {
+        /// Bound the run to about two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Events in the store (at least a million for the headline numbers).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: i64,
+        /// PostgreSQL server (the bench creates and drops its own databases there).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/nebengjek"
+        )]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
@@ -54,5 +73,10 @@ async fn main() -> anyhow::Result<()> {
             ours_only,
             database_url,
         } => pipeline::run(&database_url, quick, &tasks, ours_only).await,
+        Suite::Projections {
+            quick,
+            events,
+            database_url,
+        } => projections::run(&database_url, quick, events).await,
     }
 }

@@ -395,16 +395,16 @@ impl Projector for RidesProjector {
         &["rides", "billing_ledger", "payments"]
     }
 
-    /// In bulk: fold every ride event in memory ([`crate::rows::RideFold`]), then `COPY`.
+    /// In bulk: every ride event folded in memory, the rows written with `COPY`
+    /// ([`crate::rows::bulk_fill`]).
     async fn fill(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        pool: &sqlx::PgPool,
+        schema: &str,
         up_to: i64,
         progress: &(dyn Fn(i64, i64) + Sync),
     ) -> Result<(), ProjectionError> {
-        let fold = crate::rows::fold_rides(tx, 0, up_to, None, progress).await?;
-        crate::rows::copy_rows(tx, &fold).await?;
-        Ok(())
+        crate::rows::bulk_fill(pool, schema, up_to, progress).await
     }
 }
 

@@ -20,7 +20,7 @@ use migrations::head_position;
 use sqlx::{PgPool, Postgres, Transaction};
 use tracing::Instrument;
 
-use crate::runtime::{lock_checkpoint, store_checkpoint, ProjectionError, Projector};
+use crate::runtime::{lock_checkpoint, store_checkpoint, use_schema, ProjectionError, Projector};
 
 /// Events per catch-up batch during the switch.
 const CATCH_UP_STEP: i64 = 1000;
@@ -48,15 +48,6 @@ pub async fn rebuild<P: Projector + ?Sized>(
     }
     .instrument(span)
     .await
-}
-
-/// `SET LOCAL search_path` so the projector's unqualified table names resolve to the
-/// shadow tables (and everything else, `events` and `checkpoints`, to `public`).
-async fn use_schema(tx: &mut Transaction<'_, Postgres>, schema: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("SET LOCAL search_path = {schema}, public"))
-        .execute(&mut **tx)
-        .await
-        .map(drop)
 }
 
 /// Creates `schema` with an empty copy of each of `tables`.
@@ -87,10 +78,7 @@ async fn build_and_switch<P: Projector + ?Sized>(
 
     // Fill, outside any lock the live system needs.
     let up_to = head_position(pool).await?;
-    let mut tx = pool.begin().await?;
-    use_schema(&mut tx, schema).await?;
-    projector.fill(&mut tx, up_to, progress).await?;
-    tx.commit().await?;
+    projector.fill(pool, schema, up_to, progress).await?;
 
     // Switch.
     let mut tx = pool.begin().await?;

@@ -10,7 +10,7 @@
 //! Distances are whole metres and factors basis points here (the tables hold
 //! `numeric`), so comparisons are exact.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -332,6 +332,19 @@ pub async fn fold_rides(
     only: Option<&[Uuid]>,
     progress: &(dyn Fn(i64, i64) + Sync),
 ) -> Result<RideFold, ProjectionError> {
+    fold_rides_streaming(conn, after, up_to, only, progress, None).await
+}
+
+/// [`fold_rides`], handing the ledger rows (which never change once booked) to
+/// `ledger_out` as COPY text every 10,000 events instead of keeping them.
+async fn fold_rides_streaming(
+    conn: &mut PgConnection,
+    after: i64,
+    up_to: i64,
+    only: Option<&[Uuid]>,
+    progress: &(dyn Fn(i64, i64) + Sync),
+    ledger_out: Option<&tokio::sync::mpsc::Sender<String>>,
+) -> Result<RideFold, ProjectionError> {
     use futures::TryStreamExt;
     let ids: Vec<Uuid> = only.map(<[Uuid]>::to_vec).unwrap_or_default();
     let sql = format!(
@@ -374,9 +387,82 @@ pub async fn fold_rides(
         n += 1;
         if n.is_multiple_of(10_000) {
             progress(raw.position, up_to);
+            if let Some(out) = ledger_out {
+                let rows = std::mem::take(&mut fold.ledger);
+                if out.send(ledger_text(&rows)).await.is_err() {
+                    break; // the writer failed; its error is reported by the caller
+                }
+            }
         }
     }
+    if let Some(out) = ledger_out {
+        let rows = std::mem::take(&mut fold.ledger);
+        let _ = out.send(ledger_text(&rows)).await;
+    }
     Ok(fold)
+}
+
+const LEDGER_COPY: &str =
+    "COPY billing_ledger (entry_id, ride_id, kind, distance_km, cost, position, recorded_at) FROM STDIN";
+
+/// Fills `schema`'s (empty) `rides`, `billing_ledger` and `payments` with every ride
+/// event up to `up_to`, in bulk: the events are folded in memory while a second
+/// connection COPYs the ledger rows as they are booked (they never change), then the
+/// rides and payments are COPYed. Both transactions commit before it returns.
+pub async fn bulk_fill(
+    pool: &sqlx::PgPool,
+    schema: &str,
+    up_to: i64,
+    progress: &(dyn Fn(i64, i64) + Sync),
+) -> Result<(), ProjectionError> {
+    let (send, mut recv) = tokio::sync::mpsc::channel::<String>(4);
+    let (ledger_pool, ledger_schema) = (pool.clone(), schema.to_owned());
+    let ledger = tokio::spawn(async move {
+        let mut tx = ledger_pool.begin().await?;
+        crate::runtime::use_schema(&mut tx, &ledger_schema).await?;
+        let mut sink = tx.copy_in_raw(LEDGER_COPY).await?;
+        while let Some(chunk) = recv.recv().await {
+            if !chunk.is_empty() {
+                sink.send(chunk.into_bytes()).await?;
+            }
+        }
+        sink.finish().await?;
+        tx.commit().await
+    });
+    let folded = {
+        let mut conn = pool.acquire().await?;
+        fold_rides_streaming(&mut conn, 0, up_to, None, progress, Some(&send)).await
+    };
+    drop(send);
+    let written = ledger
+        .await
+        .map_err(|e| ProjectionError::OutOfRange(format!("the ledger writer stopped: {e}")))?;
+    let fold = folded?;
+    written?;
+    let mut tx = pool.begin().await?;
+    crate::runtime::use_schema(&mut tx, schema).await?;
+    copy_rows(&mut tx, &fold).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn ledger_text(rows: &[LedgerRow]) -> String {
+    let mut data = String::with_capacity(rows.len() * 160);
+    for e in rows {
+        copy_line(
+            &mut data,
+            &[
+                Some(e.entry_id.to_string()),
+                Some(e.ride_id.to_string()),
+                Some(e.kind.clone()),
+                e.distance_m.map(km_text),
+                Some(e.cost.to_string()),
+                Some(e.position.to_string()),
+                Some(ts(&e.recorded_at)),
+            ],
+        );
+    }
+    data
 }
 
 /// The live rows of the three tables (of the rides in `only`, or all), as the fold
@@ -472,67 +558,53 @@ fn diff_debug<T: std::fmt::Debug + PartialEq>(expected: &T, actual: &T) -> Strin
 }
 
 /// Every difference between what the events say (`expected`) and the tables
-/// (`actual`), ordered by table and ride.
+/// (`actual`), ordered by table and key.
 pub fn diff(expected: &RideFold, actual: &RideFold) -> Vec<RowDiff> {
     let mut out = Vec::new();
-    let ride_keys: std::collections::BTreeSet<&Uuid> =
-        expected.rides.keys().chain(actual.rides.keys()).collect();
-    for id in ride_keys {
-        let what = match (expected.rides.get(id), actual.rides.get(id)) {
-            (Some(e), Some(a)) if e == a => continue,
-            (Some(e), Some(a)) => diff_debug(e, a),
-            (Some(_), None) => "missing".into(),
-            (None, Some(_)) => "unexpected".into(),
-            (None, None) => continue,
-        };
-        out.push(RowDiff {
-            table: "rides",
-            ride_id: *id,
-            key: *id,
-            what,
-        });
+    fn rides(f: &RideFold) -> Keyed<'_, RideRow> {
+        f.rides.iter().map(|(k, r)| (*k, (r.ride_id, r))).collect()
     }
-    let by_id = |rows: &[LedgerRow]| -> BTreeMap<Uuid, LedgerRow> {
-        rows.iter().map(|r| (r.entry_id, r.clone())).collect()
-    };
-    let (el, al) = (by_id(&expected.ledger), by_id(&actual.ledger));
-    for id in el
-        .keys()
-        .chain(al.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let (what, ride) = match (el.get(id), al.get(id)) {
-            (Some(e), Some(a)) if e == a => continue,
-            (Some(e), Some(a)) => (diff_debug(e, a), e.ride_id),
-            (Some(e), None) => ("missing".into(), e.ride_id),
-            (None, Some(a)) => ("unexpected".into(), a.ride_id),
-            (None, None) => continue,
-        };
-        out.push(RowDiff {
-            table: "billing_ledger",
-            ride_id: ride,
-            key: *id,
-            what,
-        });
+    fn ledger(f: &RideFold) -> Keyed<'_, LedgerRow> {
+        f.ledger.iter().map(|r| (r.entry_id, (r.ride_id, r))).collect()
     }
-    let pay_keys: std::collections::BTreeSet<&Uuid> =
-        expected.payments.keys().chain(actual.payments.keys()).collect();
-    for id in pay_keys {
-        let (what, ride) = match (expected.payments.get(id), actual.payments.get(id)) {
-            (Some(e), Some(a)) if e == a => continue,
-            (Some(e), Some(a)) => (diff_debug(e, a), e.ride_id),
-            (Some(e), None) => ("missing".into(), e.ride_id),
-            (None, Some(a)) => ("unexpected".into(), a.ride_id),
-            (None, None) => continue,
-        };
-        out.push(RowDiff {
-            table: "payments",
-            ride_id: ride,
-            key: *id,
-            what,
-        });
+    fn payments(f: &RideFold) -> Keyed<'_, PaymentRow> {
+        f.payments.iter().map(|(k, r)| (*k, (r.ride_id, r))).collect()
     }
+    diff_table(&mut out, "rides", &rides(expected), &rides(actual));
+    diff_table(&mut out, "billing_ledger", &ledger(expected), &ledger(actual));
+    diff_table(&mut out, "payments", &payments(expected), &payments(actual));
     out
+}
+
+/// Rows keyed by their id, each with its ride.
+type Keyed<'a, T> = HashMap<Uuid, (Uuid, &'a T)>;
+
+fn diff_table<T: std::fmt::Debug + PartialEq>(
+    out: &mut Vec<RowDiff>,
+    table: &'static str,
+    expected: &Keyed<'_, T>,
+    actual: &Keyed<'_, T>,
+) {
+    let mut found = Vec::new();
+    for (key, (ride, e)) in expected {
+        match actual.get(key) {
+            Some((_, a)) if a == e => {}
+            Some((_, a)) => found.push((*key, *ride, diff_debug(*e, *a))),
+            None => found.push((*key, *ride, "missing".into())),
+        }
+    }
+    for (key, (ride, _)) in actual {
+        if !expected.contains_key(key) {
+            found.push((*key, *ride, "unexpected".into()));
+        }
+    }
+    found.sort_unstable_by_key(|(key, ride, _)| (*ride, *key));
+    out.extend(found.into_iter().map(|(key, ride_id, what)| RowDiff {
+        table,
+        ride_id,
+        key,
+        what,
+    }));
 }
 
 // ---- COPY -------------------------------------------------------------------------
@@ -569,7 +641,8 @@ fn bps_text(bps: i32) -> String {
     format!("{}.{:04}", bps / 10_000, bps % 10_000)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytea` in COPY text format: `\\x` and hex digits.
+pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 + bytes.len() * 2);
     s.push_str("\\x");
     for b in bytes {
@@ -578,8 +651,8 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Writes rows as COPY text lines, one `Vec<Option<String>>` of fields per row.
-fn line(out: &mut String, fields: &[Option<String>]) {
+/// Appends one row as a COPY text-format line (fields tab-separated, `None` as `\N`).
+pub fn copy_line(out: &mut String, fields: &[Option<String>]) {
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
             out.push('\t');
@@ -605,7 +678,7 @@ pub async fn copy_rows(tx: &mut Transaction<'_, Postgres>, fold: &RideFold) -> R
     for chunk in rides.chunks(COPY_CHUNK) {
         let mut data = String::with_capacity(chunk.len() * 400);
         for r in chunk {
-            line(
+            copy_line(
                 &mut data,
                 &[
                     Some(r.ride_id.to_string()),
@@ -647,33 +720,13 @@ pub async fn copy_rows(tx: &mut Transaction<'_, Postgres>, fold: &RideFold) -> R
         .await?;
     }
     for chunk in fold.ledger.chunks(COPY_CHUNK) {
-        let mut data = String::with_capacity(chunk.len() * 160);
-        for e in chunk {
-            line(
-                &mut data,
-                &[
-                    Some(e.entry_id.to_string()),
-                    Some(e.ride_id.to_string()),
-                    Some(e.kind.clone()),
-                    e.distance_m.map(km_text),
-                    Some(e.cost.to_string()),
-                    Some(e.position.to_string()),
-                    Some(ts(&e.recorded_at)),
-                ],
-            );
-        }
-        written += copy(
-            tx,
-            "COPY billing_ledger (entry_id, ride_id, kind, distance_km, cost, position, recorded_at) FROM STDIN",
-            data,
-        )
-        .await?;
+        written += copy(tx, LEDGER_COPY, ledger_text(chunk)).await?;
     }
     let payments: Vec<&PaymentRow> = fold.payments.values().collect();
     for chunk in payments.chunks(COPY_CHUNK) {
         let mut data = String::with_capacity(chunk.len() * 200);
         for p in chunk {
-            line(
+            copy_line(
                 &mut data,
                 &[
                     Some(p.payment_id.to_string()),
@@ -707,7 +760,7 @@ mod tests {
     #[test]
     fn copy_fields_escape_what_the_text_format_treats_specially() {
         let mut out = String::new();
-        line(&mut out, &[Some("a\tb\\c\nd".into()), None, Some(String::new())]);
+        copy_line(&mut out, &[Some("a\tb\\c\nd".into()), None, Some(String::new())]);
         assert_eq!(out, "a\\tb\\\\c\\nd\t\\N\t\n");
     }
 

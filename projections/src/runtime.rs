@@ -109,27 +109,32 @@ pub trait Projector: Send + Sync + std::fmt::Debug {
     /// rebuild recreates exactly these in a shadow schema and switches them in.
     fn tables(&self) -> &'static [&'static str];
 
-    /// Fills the (empty) tables `search_path` resolves with every event up to
-    /// `up_to`, calling `progress(position, up_to)` now and then. The default applies
-    /// the feed batch by batch with [`Projector::apply`]; a projector may do better in
-    /// bulk, as long as the rows are the same.
+    /// Fills this projector's (empty) tables in `schema` with every event up to
+    /// `up_to`, calling `progress(position, up_to)` now and then, and commits. The
+    /// default applies the feed batch by batch with [`Projector::apply`] in one
+    /// transaction whose `search_path` puts `schema` first; a projector may do better
+    /// in bulk, as long as the rows are the same.
     async fn fill(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        pool: &PgPool,
+        schema: &str,
         up_to: i64,
         progress: &(dyn Fn(i64, i64) + Sync),
     ) -> Result<(), ProjectionError> {
+        let mut tx = pool.begin().await?;
+        use_schema(&mut tx, schema).await?;
         let mut position = 0;
         while position < up_to {
             let events =
-                migrations::read_feed(&mut **tx, position, REBUILD_STEP.min(up_to - position)).await?;
+                migrations::read_feed(&mut *tx, position, REBUILD_STEP.min(up_to - position)).await?;
             let Some(last) = events.last().map(|e| e.position) else {
                 break;
             };
-            self.apply(tx, &events).await?;
+            self.apply(&mut tx, &events).await?;
             position = last;
             progress(position, up_to);
         }
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -154,11 +159,12 @@ impl<P: Projector + ?Sized> Projector for Arc<P> {
 
     async fn fill(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        pool: &PgPool,
+        schema: &str,
         up_to: i64,
         progress: &(dyn Fn(i64, i64) + Sync),
     ) -> Result<(), ProjectionError> {
-        (**self).fill(tx, up_to, progress).await
+        (**self).fill(pool, schema, up_to, progress).await
     }
 }
 
@@ -183,6 +189,15 @@ impl Fault {
         Fault::AfterApply,
         Fault::AfterCheckpoint,
     ];
+}
+
+/// `SET LOCAL search_path` so a projector's unqualified table names resolve to
+/// `schema`'s tables (and everything else, `events` and `checkpoints`, to `public`).
+pub async fn use_schema(tx: &mut Transaction<'_, Postgres>, schema: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("SET LOCAL search_path = {schema}, public"))
+        .execute(&mut **tx)
+        .await
+        .map(drop)
 }
 
 /// Locks `name`'s checkpoint row for the rest of `tx` (creating it at 0) and returns it.

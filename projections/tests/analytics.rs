@@ -22,7 +22,7 @@ async fn revenue(pool: &sqlx::PgPool, bucket: &str) -> Vec<Revenue> {
     .bind(to)
     .fetch_all(pool)
     .await
-    .expect("analytics_revenue")
+    .unwrap_or_else(|e| panic!("analytics_revenue({bucket}): {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,7 +51,7 @@ impl VerifyReport {
     }
 }
 
-/// The part of an event `verify` needs.
+/// The part of an event `verify` needs, as PostgreSQL sends it (JSON as text).
 #[derive(sqlx::FromRow)]
 struct Row {
     position: i64,
@@ -60,10 +60,88 @@ struct Row {
     sequence: i64,
     event_type: String,
     event_version: i32,
-    payload: Value,
-    metadata: Value,
+    payload: String,
+    metadata: String,
     recorded_at: DateTime<Utc>,
     hash: Vec<u8>,
+}
+
+/// Rows per batch handed from the reader to the checker.
+const BATCH: usize = 1024;
+
+type Heads = HashMap<(String, Uuid), (i64, Vec<u8>)>;
+
+/// The checker thread: every chain link, every ride folded, every recorded head seen.
+fn check_all(inbox: std::sync::mpsc::Receiver<Vec<Row>>, heads: Heads) -> (VerifyReport, RideFold) {
+    let mut report = VerifyReport::default();
+    let mut fold = RideFold::default();
+    let mut seen: std::collections::HashSet<(String, Uuid)> =
+        std::collections::HashSet::with_capacity(heads.len());
+    let mut chain: Option<Chain> = None;
+    for row in inbox.into_iter().flatten() {
+        report.events += 1;
+        let same = chain
+            .as_ref()
+            .is_some_and(|c| c.aggregate_id == row.aggregate_id && c.aggregate_type == row.aggregate_type);
+        if !same {
+            if let Some(done) = chain.take() {
+                close_chain(&done, &heads, &mut report.chain_breaks);
+                seen.insert((done.aggregate_type, done.aggregate_id));
+            }
+            report.aggregates += 1;
+            chain = Some(Chain {
+                aggregate_type: row.aggregate_type.clone(),
+                aggregate_id: row.aggregate_id,
+                expected_sequence: 1,
+                prev: GENESIS.to_vec(),
+            });
+        }
+        let Some(c) = chain.as_mut() else { continue };
+        let (payload, metadata) = match (
+            serde_json::from_str::<Value>(&row.payload),
+            serde_json::from_str::<Value>(&row.metadata),
+        ) {
+            (Ok(p), Ok(m)) => (p, m),
+            (Err(e), _) | (_, Err(e)) => {
+                report.unreadable.push(format!(
+                    "{} {} #{}: not JSON: {e}",
+                    row.aggregate_type, row.aggregate_id, row.sequence
+                ));
+                continue;
+            }
+        };
+        check_link(c, &row, &payload, &metadata, &mut report.chain_breaks);
+        if row.aggregate_type == "ride" {
+            let at = At {
+                position: row.position,
+                sequence: row.sequence,
+                recorded_at: row.recorded_at,
+                hash: &row.hash,
+            };
+            match ride_event(&row, payload) {
+                Ok(event) => fold.apply(row.aggregate_id, at, event),
+                Err(reason) => report.unreadable.push(format!(
+                    "ride {} #{} ({}): {reason}",
+                    row.aggregate_id, row.sequence, row.event_type
+                )),
+            }
+        }
+    }
+    if let Some(done) = chain.take() {
+        close_chain(&done, &heads, &mut report.chain_breaks);
+        seen.insert((done.aggregate_type, done.aggregate_id));
+    }
+    for ((t, i), (version, _)) in &heads {
+        if !seen.contains(&(t.clone(), *i)) {
+            report.chain_breaks.push(ChainBreak {
+                aggregate_type: t.clone(),
+                aggregate_id: *i,
+                sequence: *version,
+                problem: format!("streams records version {version} but the aggregate has no events"),
+            });
+        }
+    }
+    (report, fold)
 }
 
 /// The chain of the aggregate being read.
@@ -105,79 +183,63 @@ pub async fn verify(
     .map(|(t, i, v, h)| ((t, i), (v, h)))
     .collect();
 
-    let mut report = VerifyReport::default();
-    let mut fold = RideFold::default();
-    let mut seen: HashMap<(String, Uuid), ()> = HashMap::with_capacity(heads.len());
-    let mut ride_ids: Vec<Uuid> = Vec::new();
-    let mut chain: Option<Chain> = None;
+    // The live rows are read on a connection of their own while the events stream.
+    let live = {
+        let pool = pool.clone();
+        let only: Option<Vec<Uuid>> = match window {
+            None => None,
+            Some(_) => Some(
+                sqlx::query_scalar(&format!(
+                    "SELECT aggregate_id FROM streams{scope} AND aggregate_type = 'ride'"
+                ))
+                .bind(from)
+                .bind(to)
+                .fetch_all(&pool)
+                .await?,
+            ),
+        };
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            read_live(&mut conn, only.as_deref()).await
+        })
+    };
+
+    // Hashing and folding run on a thread of their own, fed batches of rows, so that
+    // reading (here) and checking (there) overlap.
+    let (batches, inbox) = std::sync::mpsc::sync_channel::<Vec<Row>>(8);
+    let checker = tokio::task::spawn_blocking(move || check_all(inbox, heads));
     {
         let sql = format!(
-            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-             recorded_at, hash FROM events{scope} ORDER BY aggregate_type, aggregate_id, sequence"
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+             payload::text AS payload, metadata::text AS metadata, recorded_at, hash \
+             FROM events{scope} ORDER BY aggregate_type, aggregate_id, sequence"
         );
         let mut rows = sqlx::query_as::<_, Row>(&sql).bind(from).bind(to).fetch(pool);
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut read = 0u64;
         while let Some(row) = rows.try_next().await? {
-            report.events += 1;
-            if report.events.is_multiple_of(20_000) {
-                progress(report.events, total as u64);
-            }
-            let same = chain.as_ref().is_some_and(|c| {
-                c.aggregate_id == row.aggregate_id && c.aggregate_type == row.aggregate_type
-            });
-            if !same {
-                if let Some(done) = chain.take() {
-                    close_chain(&done, &heads, &mut report.chain_breaks);
-                    seen.insert((done.aggregate_type, done.aggregate_id), ());
+            batch.push(row);
+            read += 1;
+            if batch.len() == BATCH {
+                if batches
+                    .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                    .is_err()
+                {
+                    break;
                 }
-                report.aggregates += 1;
-                if row.aggregate_type == "ride" {
-                    ride_ids.push(row.aggregate_id);
-                }
-                chain = Some(Chain {
-                    aggregate_type: row.aggregate_type.clone(),
-                    aggregate_id: row.aggregate_id,
-                    expected_sequence: 1,
-                    prev: GENESIS.to_vec(),
-                });
-            }
-            let Some(c) = chain.as_mut() else { continue };
-            check_link(c, &row, &mut report.chain_breaks);
-            if row.aggregate_type == "ride" {
-                let at = At {
-                    position: row.position,
-                    sequence: row.sequence,
-                    recorded_at: row.recorded_at,
-                    hash: &row.hash,
-                };
-                match ride_event(&row) {
-                    Ok(event) => fold.apply(row.aggregate_id, at, event),
-                    Err(reason) => report.unreadable.push(format!(
-                        "ride {} #{} ({}): {reason}",
-                        row.aggregate_id, row.sequence, row.event_type
-                    )),
+                if read.is_multiple_of(20_000) {
+                    progress(read, total as u64);
                 }
             }
         }
+        let _ = batches.send(batch);
     }
-    if let Some(done) = chain.take() {
-        close_chain(&done, &heads, &mut report.chain_breaks);
-        seen.insert((done.aggregate_type, done.aggregate_id), ());
-    }
-    for ((t, i), (version, _)) in &heads {
-        if !seen.contains_key(&(t.clone(), *i)) {
-            report.chain_breaks.push(ChainBreak {
-                aggregate_type: t.clone(),
-                aggregate_id: *i,
-                sequence: *version,
-                problem: format!("streams records version {version} but the aggregate has no events"),
-            });
-        }
-    }
+    drop(batches);
+    let (mut report, fold) = checker.await?;
     progress(report.events, total as u64);
     report.rides = fold.rides.len() as u64;
 
-    let mut conn = pool.acquire().await?;
-    let live = read_live(&mut conn, window.map(|_| ride_ids.as_slice())).await?;
+    let live = live.await??;
     report.row_diffs = diff(&fold, &live);
     if scratch {
         report.scratch_schema = Some(write_scratch(pool, &fold).await?);
@@ -185,15 +247,17 @@ pub async fn verify(
     Ok(report)
 }
 
-fn ride_event(row: &Row) -> Result<RideEvent, String> {
+fn ride_event(row: &Row, payload: Value) -> Result<RideEvent, String> {
     if row.event_version != 1 {
         return Err(format!("no upcaster for version {}", row.event_version));
     }
-    let tagged = serde_json::json!({ "event_type": row.event_type, "payload": row.payload });
-    serde_json::from_value(tagged).map_err(|e| e.to_string())
+    let mut tagged = serde_json::Map::with_capacity(2);
+    tagged.insert("event_type".into(), Value::String(row.event_type.clone()));
+    tagged.insert("payload".into(), payload);
+    serde_json::from_value(Value::Object(tagged)).map_err(|e| e.to_string())
 }
 
-fn check_link(chain: &mut Chain, row: &Row, breaks: &mut Vec<ChainBreak>) {
+fn check_link(chain: &mut Chain, row: &Row, payload: &Value, metadata: &Value, breaks: &mut Vec<ChainBreak>) {
     let broken = |sequence: i64, problem: String| ChainBreak {
         aggregate_type: row.aggregate_type.clone(),
         aggregate_id: row.aggregate_id,
@@ -218,8 +282,8 @@ fn check_link(chain: &mut Chain, row: &Row, breaks: &mut Vec<ChainBreak>) {
             sequence: row.sequence,
             event_type: &row.event_type,
             event_version: row.event_version,
-            payload: &row.payload,
-            metadata: &row.metadata,
+            payload,
+            metadata,
         },
     );
     if computed.as_slice() != row.hash.as_slice() {
