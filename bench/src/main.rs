@@ -7,12 +7,15 @@
 //!
 //! - `pipeline`: the ride lifecycle through our command pipeline versus stock cqrs-es +
 //!   postgres-es, plus the raw PostgreSQL insert ceiling.
+//! - `projections`: rebuild and `verify` over a million events against a raw COPY and a
+//!   raw read of the same rows, and projection lag under the pipeline's load.
 //! - `geo`: nearest-5 driver search (in-process grid vs Redis `GEOSEARCH`) and location
 //!   ingest (batched consumer vs a Redis round trip per ping).
 
 mod cqrs_baseline;
 mod geo;
 mod pipeline;
+mod projections;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +40,22 @@ enum Suite {
         /// Measure only our pipeline (for profiling); prints no ratios.
         #[arg(long)]
         ours_only: bool,
+        /// PostgreSQL server (the bench creates and drops its own databases there).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/nebengjek"
+        )]
+        database_url: String,
+    },
+    /// Rebuild and verify vs raw COPY and raw read; projection lag under load.
+    Projections {
+        /// Bound the run to about two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Events in the store (at least a million for the headline numbers).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: i64,
         /// PostgreSQL server (the bench creates and drops its own databases there).
         #[arg(
             long,
@@ -76,6 +95,11 @@ async fn main() -> anyhow::Result<()> {
             ours_only,
             database_url,
         } => pipeline::run(&database_url, quick, &tasks, ours_only).await,
+        Suite::Projections {
+            quick,
+            events,
+            database_url,
+        } => projections::run(&database_url, quick, events).await,
         Suite::Geo {
             quick,
             database_url,

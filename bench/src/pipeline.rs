@@ -23,12 +23,12 @@ use crate::report::{histogram, row, RunStats};
 /// A clock that moves 10 s forward on every reading: trip points decided one after
 /// another are then seconds apart, as they are on the road, however fast the bench runs.
 #[derive(Debug)]
-struct FastForwardClock {
+pub(crate) struct FastForwardClock {
     micros: AtomicI64,
 }
 
 impl FastForwardClock {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             micros: AtomicI64::new(Utc::now().timestamp_micros()),
         }
@@ -43,7 +43,7 @@ impl Clock for FastForwardClock {
 }
 
 /// The commands of one ride, in order, with the actor who sends each.
-fn ride_script(ride_id: RideId) -> Vec<RideCommand> {
+pub(crate) fn ride_script(ride_id: RideId) -> Vec<RideCommand> {
     let driver = UserId::from_uuid(new_id());
     let passenger = UserId::from_uuid(new_id());
     let pickup = GeoPoint::new(-6.2, 106.8).unwrap_or_else(|_| unreachable!("a valid point"));
@@ -87,7 +87,7 @@ fn ride_script(ride_id: RideId) -> Vec<RideCommand> {
     script
 }
 
-fn actor_of(command: &RideCommand) -> Actor {
+pub(crate) fn actor_of(command: &RideCommand) -> Actor {
     match command {
         RideCommand::Create { .. } => Actor::SYSTEM,
         RideCommand::Start { actor, .. }
@@ -100,7 +100,11 @@ fn actor_of(command: &RideCommand) -> Actor {
 
 const COMMANDS_PER_RIDE: u64 = 14;
 
-async fn run_ours(handler: Arc<Handler<Ride>>, tasks: usize, duration: Duration) -> anyhow::Result<RunStats> {
+pub(crate) async fn run_ours(
+    handler: Arc<Handler<Ride>>,
+    tasks: usize,
+    duration: Duration,
+) -> anyhow::Result<RunStats> {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut joins = Vec::new();
@@ -179,13 +183,13 @@ async fn collect(
     })
 }
 
-/// Drops and recreates a database on the server of `url`; returns its URL.
 /// The server's `postgres` database, for creating and dropping others.
 pub(crate) fn admin_url(url: &str) -> String {
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
     format!("{base}/postgres")
 }
 
+/// Drops and recreates a database on the server of `url`; returns its URL.
 pub(crate) async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
     let mut admin = PgConnection::connect(&format!("{base}/postgres")).await?;

@@ -56,22 +56,28 @@ pub fn event_hash(prev: &[u8], fields: &HashedFields<'_>) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Canonical JSON: objects with keys sorted bytewise, no insignificant whitespace,
-/// strings and numbers as serde_json writes them.
+/// Appends the canonical rendering of `value`: object keys in byte order, no
+/// whitespace, scalars as serde_json writes them. Writes straight into `out` (no
+/// allocation per key or scalar): auditors hash every event of the store.
 pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+            let sorted = map
+                .keys()
+                .zip(map.keys().skip(1))
+                .all(|(a, b)| a.as_bytes() <= b.as_bytes());
+            if sorted {
+                for (i, (k, v)) in map.iter().enumerate() {
+                    entry(out, i, k, v);
                 }
-                // Serializing a plain string into a Vec cannot fail.
-                out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
-                out.push(b':');
-                write_canonical(out, v);
+            } else {
+                // Only with serde_json's `preserve_order`: sort a list of references.
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    entry(out, i, k, v);
+                }
             }
             out.push(b'}');
         }
@@ -85,8 +91,20 @@ pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+        // Writing a scalar into a Vec cannot fail.
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
+}
+
+fn entry(out: &mut Vec<u8>, i: usize, key: &str, value: &Value) {
+    if i > 0 {
+        out.push(b',');
+    }
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+    write_canonical(out, value);
 }
 
 #[cfg(test)]
@@ -115,6 +133,57 @@ mod tests {
             event_hash(&GENESIS, &fields(&a, &m)),
             event_hash(&GENESIS, &fields(&b, &m))
         );
+    }
+
+    /// The allocation-heavy rendering every stored hash was first made with; the fast
+    /// one must give the same bytes, or old chains would no longer verify.
+    /// Canonical JSON: objects with keys sorted bytewise, no insignificant whitespace,
+    /// strings and numbers as serde_json writes them.
+    fn old_write_canonical(out: &mut Vec<u8>, value: &Value) {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                out.push(b'{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    // Serializing a plain string into a Vec cannot fail.
+                    out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                    out.push(b':');
+                    old_write_canonical(out, v);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    old_write_canonical(out, v);
+                }
+                out.push(b']');
+            }
+            scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+        }
+    }
+
+    #[test]
+    fn the_fast_rendering_is_byte_for_byte_the_original() {
+        let values = [
+            json!({"b": 1, "a": {"y": [1, 2.5, -3e-7, 1e300], "x": "s\"q\\u\n\u{1F697}\u{7}"}}),
+            json!({"": null, "é": true, "Z": false, "z": [], "m": {}, "n": [{"k": "v"}, [1, [2]]]}),
+            json!([9007199254740993u64, -9223372036854775808i64, 0.1, "日本"]),
+            json!({"fare": 5000, "cum_km": 1.4999999999999998, "at": "2026-12-02T05:38:58.123456Z"}),
+        ];
+        for v in &values {
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            write_canonical(&mut fast, v);
+            old_write_canonical(&mut slow, v);
+            assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&slow));
+        }
     }
 
     #[test]

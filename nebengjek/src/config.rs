@@ -21,6 +21,11 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `DATABASE_MAX_CONNECTIONS`.
     pub database_max_connections: u32,
+    /// `EVENTS_STREAM` (`EVENTS`) and `EVENTS_SUBJECT_PREFIX` (`events`): where the
+    /// outbox relay publishes the event feed.
+    pub events_stream: String,
+    /// See `events_stream`.
+    pub events_subject_prefix: String,
     /// The business parameters (`BILLING_*`, `MATCHING_*`, `TRIP_*`, `SERVICE_AREA_*`).
     pub policy: Policy,
     /// Location ingest and the geo index (`LOCATION_*`, `REDIS_KEY_PREFIX`).
@@ -88,6 +93,19 @@ fn positive(name: &str, value: f64) -> anyhow::Result<f64> {
     }
 }
 
+/// A NATS stream name or subject token: letters, digits, `_` and `-` only.
+fn nats_token(name: &str, default: &str) -> anyhow::Result<String> {
+    let value = var(name).unwrap_or_else(|| default.to_owned());
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Ok(value)
+    } else {
+        bail!("{name}={value:?} must be letters, digits, '_' or '-' only")
+    }
+}
+
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> anyhow::Result<Self> {
@@ -150,6 +168,8 @@ impl Config {
             http_addr: parse("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))
                 .context("HTTP_ADDR must be host:port")?,
             database_max_connections: parse("DATABASE_MAX_CONNECTIONS", 20u32)?,
+            events_stream: nats_token("EVENTS_STREAM", "EVENTS")?,
+            events_subject_prefix: nats_token("EVENTS_SUBJECT_PREFIX", "events")?,
             policy,
             location: LocationConfig::from_env()?,
         })

@@ -44,6 +44,8 @@ pub enum Role {
     /// The process manager, the deadline scheduler, the location consumer with the
     /// Redis geo projection, and the matcher.
     Matcher,
+    /// The read-model projectors and the outbox relay to JetStream.
+    Projections,
 }
 
 fn init_tracing(default: &str) {

@@ -1,7 +1,8 @@
 //! The Redis geo projection on real PostgreSQL, Redis and NATS: who is available,
 //! exactly-once checkpoints under crashes at any point, and the rebuild after a flush.
 
-mod support;
+mod geo_support;
+use geo_support as support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
