@@ -1,0 +1,385 @@
+//! The HTTP endpoints through the router with `oneshot` (no socket): OTP login and its
+//! limits, token claims, driver registration, the role checks, the operator endpoints
+//! and the generated OpenAPI document. Real PostgreSQL and Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use domain::{Actor, Role};
+use serde_json::{json, Value};
+use support::{app, app_with, test_config, App};
+
+async fn request_otp(app: &App, msisdn: &str) -> (StatusCode, Value) {
+    app.call(
+        Method::POST,
+        "/v1/auth/otp",
+        None,
+        Some(json!({ "msisdn": msisdn })),
+    )
+    .await
+}
+
+async fn answer(app: &App, msisdn: &str, otp: &str) -> (StatusCode, Value) {
+    app.call(
+        Method::POST,
+        "/v1/auth/token",
+        None,
+        Some(json!({ "msisdn": msisdn, "otp": otp })),
+    )
+    .await
+}
+
+fn wrong(code: &str) -> String {
+    format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000)
+}
+
+fn number() -> String {
+    format!("0812{:07}", uuid::Uuid::new_v4().as_u128() % 10_000_000)
+}
+
+#[tokio::test]
+async fn a_code_logs_in_once_and_the_first_login_makes_a_passenger() {
+    let app = app().await;
+    let msisdn = number();
+    let (status, body) = request_otp(&app, &msisdn).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert!(
+        body.get("dev_otp").is_none(),
+        "the code is echoed only with AUTH_DEV_ECHO_OTP"
+    );
+    let code = app.sms.last().expect("the SMS port got the code");
+    assert_eq!(code.len(), 6);
+    assert!(code.bytes().all(|b| b.is_ascii_digit()));
+
+    let (status, body) = answer(&app, &msisdn, &code).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["role"], "passenger");
+    assert_eq!(body["user"]["msisdn"], format!("62{}", &msisdn[1..]));
+    assert!(body["user"]["fullname"].is_null());
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    // Single use.
+    let (status, body) = answer(&app, &msisdn, &code).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    // The token's claims.
+    let token = body_token(&app, &msisdn).await;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&base64url(payload)).unwrap();
+    assert_eq!(claims["iss"], "nebengjek");
+    assert_eq!(claims["role"], "passenger");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        24 * 3600
+    );
+    let header: Value = serde_json::from_slice(&base64url(token.split('.').next().unwrap())).unwrap();
+    assert_eq!(header["alg"], "HS256");
+    // The same user on a second login.
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+    let (status, me) = app.call(Method::GET, "/v1/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["id"], claims["sub"]);
+    assert!(me["driver"].is_null());
+}
+
+/// Logs in again (a new code) and returns the token.
+async fn body_token(app: &App, msisdn: &str) -> String {
+    let (status, _) = request_otp(app, msisdn).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let code = app.sms.last().unwrap();
+    let (status, body) = answer(app, msisdn, &code).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+fn base64url(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes() {
+        let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_fourth_code_request_within_the_hour_is_rate_limited() {
+    let app = app().await;
+    let msisdn = number();
+    for _ in 0..3 {
+        assert_eq!(request_otp(&app, &msisdn).await.0, StatusCode::ACCEPTED);
+    }
+    let (status, body) = request_otp(&app, &msisdn).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Another number is not affected.
+    assert_eq!(request_otp(&app, &number()).await.0, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn wrong_answers_keep_the_code_until_the_sixth_voids_it() {
+    let app = app().await;
+    let msisdn = number();
+    request_otp(&app, &msisdn).await;
+    let code = app.sms.last().unwrap();
+    for _ in 0..5 {
+        let (status, body) = answer(&app, &msisdn, &wrong(&code)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    // Five wrong answers did not use the code up.
+    let (status, _) = answer(&app, &msisdn, &code).await;
+    assert_eq!(status, StatusCode::OK);
+
+    request_otp(&app, &msisdn).await;
+    let code = app.sms.last().unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            answer(&app, &msisdn, &wrong(&code)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (status, body) = answer(&app, &msisdn, &wrong(&code)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Void: the right code no longer works.
+    let (status, _) = answer(&app, &msisdn, &code).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_code_expires() {
+    let mut config = test_config();
+    config.otp.ttl = Duration::from_millis(400);
+    let app = app_with(config).await;
+    let msisdn = number();
+    request_otp(&app, &msisdn).await;
+    let code = app.sms.last().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, body) = answer(&app, &msisdn, &code).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+}
+
+#[tokio::test]
+async fn dev_echo_returns_the_code_and_bad_numbers_are_validation_failed() {
+    let mut config = test_config();
+    config.dev_echo_otp = true;
+    let app = app_with(config).await;
+    let (status, body) = request_otp(&app, "0822-1234-567").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["msisdn"], "628221234567");
+    assert_eq!(body["dev_otp"].as_str(), app.sms.last().as_deref());
+
+    for bad in [json!({"msisdn": "08561234567"}), json!({"msisdn": 5}), json!({})] {
+        let (status, body) = app
+            .call(Method::POST, "/v1/auth/otp", None, Some(bad.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed", "{bad}");
+    }
+    let (status, body) = answer(&app, "0822-1234-567", "12ab56").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("validation_failed"))
+    );
+}
+
+#[tokio::test]
+async fn bad_missing_and_expired_tokens_are_401() {
+    let app = app().await;
+    let (_, token) = app.user(Role::Passenger).await;
+    assert_eq!(
+        app.call(Method::GET, "/v1/me", Some(&token), None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.call(Method::GET, "/v1/me", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = app.call(Method::GET, "/v1/me", Some("nonsense"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    app.clock.advance(chrono::TimeDelta::hours(25));
+    assert_eq!(
+        app.call(Method::GET, "/v1/me", Some(&token), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_passenger_becomes_a_driver_once_and_plates_are_unique() {
+    let app = app().await;
+    let (id, token) = app.user(Role::Passenger).await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/drivers",
+            Some(&token),
+            Some(json!({"vehicle_type": "CAR", "vehicle_plate": "b1234xyz"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["driver"]["vehicle_type"], "car");
+    assert_eq!(body["driver"]["vehicle_plate"], "B 1234 XYZ");
+    assert_eq!(body["user"]["role"], "driver");
+    let fresh = body["token"].as_str().unwrap();
+    assert_eq!(
+        app.state.tokens().verify(fresh).unwrap(),
+        Actor::new(id, Role::Driver)
+    );
+    let (_, me) = app.call(Method::GET, "/v1/me", Some(fresh), None).await;
+    assert_eq!(me["role"], "driver");
+    assert_eq!(me["driver"]["vehicle_plate"], "B 1234 XYZ");
+
+    // Once.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/drivers",
+            Some(fresh),
+            Some(json!({"vehicle_type": "van", "vehicle_plate": "D 1 A"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // The same plate, written differently, is taken.
+    let (_, other) = app.user(Role::Passenger).await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/drivers",
+            Some(&other),
+            Some(json!({"vehicle_type": "car", "vehicle_plate": "B 1234 xyz"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "plate_taken");
+    assert_eq!(app.count("SELECT count(*) FROM drivers").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM users WHERE role = 'driver'")
+            .await,
+        1
+    );
+
+    for bad in [
+        json!({"vehicle_type": "bus", "vehicle_plate": "B 1 A"}),
+        json!({"vehicle_type": "car", "vehicle_plate": "12345"}),
+        json!({"vehicle_type": "car"}),
+    ] {
+        let (status, body) = app
+            .call(Method::POST, "/v1/drivers", Some(&other), Some(bad.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed");
+    }
+    let (_, analyst) = app.user(Role::Analyst).await;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/drivers",
+            Some(&analyst),
+            Some(json!({"vehicle_type": "car", "vehicle_plate": "F 9 Z"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn analyst_queries_are_for_analysts_only() {
+    let app = app().await;
+    let (_, passenger) = app.user(Role::Passenger).await;
+    let (_, driver) = app.driver().await;
+    let (_, analyst) = app.user(Role::Analyst).await;
+    for path in [
+        "/v1/rides",
+        "/v1/billing/ledger",
+        "/v1/payments",
+        "/v1/analytics/revenue?bucket=hour",
+    ] {
+        for token in [&passenger, &driver] {
+            let (status, body) = app.call(Method::GET, path, Some(token), None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+            assert_eq!(body["error"]["code"], "forbidden");
+        }
+        assert_eq!(
+            app.call(Method::GET, path, None, None).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        let (status, body) = app.call(Method::GET, path, Some(&analyst), None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let (status, body) = app
+        .call(
+            Method::GET,
+            "/v1/analytics/revenue?bucket=week",
+            Some(&analyst),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _) = app
+        .call(Method::GET, "/v1/rides?limit=0", Some(&analyst), None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn operator_endpoints_and_the_generated_openapi_document() {
+    let app = app().await;
+    let (status, body) = app.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("ok")));
+    let (status, body) = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"postgres": true, "nats": true, "redis": true}));
+    let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/v1/auth/otp",
+        "/v1/auth/token",
+        "/v1/me",
+        "/v1/drivers",
+        "/v1/rides/{id}",
+        "/v1/me/rides",
+        "/v1/rides",
+        "/v1/billing/ledger",
+        "/v1/payments",
+        "/v1/analytics/revenue",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing from /openapi.json");
+    }
+    assert!(doc["components"]["schemas"]["TokenResponse"].is_object());
+}
+
+#[tokio::test]
+async fn operators_create_analysts() {
+    let app = app().await;
+    let msisdn = domain::msisdn::Msisdn::parse(&number()).unwrap();
+    let user = api::users::create_analyst(
+        &app.pool,
+        &msisdn,
+        Some("Ana Lyst"),
+        commands::clock::Clock::now(app.clock.as_ref()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(user.role, "analyst");
+    assert_eq!(user.fullname.as_deref(), Some("Ana Lyst"));
+    // Logging in gives an analyst token.
+    let token = body_token(&app, msisdn.as_str()).await;
+    assert_eq!(app.state.tokens().verify(&token).unwrap().role, Role::Analyst);
+}
