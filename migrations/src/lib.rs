@@ -70,6 +70,53 @@ impl StoredEvent {
     pub fn event_id(&self) -> Option<Uuid> {
         self.metadata.get("event_id")?.as_str()?.parse().ok()
     }
+
+    /// The event as published on the event feed (SPEC.md §4 "NATS"): `{event_id,
+    /// position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+    /// payload, metadata}`.
+    pub fn envelope(&self) -> FeedEnvelope {
+        FeedEnvelope {
+            event_id: self.event_id(),
+            position: self.position,
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type.clone(),
+            event_version: self.event_version,
+            payload: self.payload.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    /// The feed subject under `prefix`: `<prefix>.<aggregate>.<event>`, e.g.
+    /// `events.ride.started`.
+    pub fn subject(&self, prefix: &str) -> String {
+        format!("{prefix}.{}.{}", self.aggregate_type, self.event_type)
+    }
+}
+
+/// One event on the JetStream feed (`EVENTS`), as the relay publishes it and the edge
+/// reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEnvelope {
+    /// The event's id (also the message's `Nats-Msg-Id`).
+    pub event_id: Option<Uuid>,
+    /// Global position in the store.
+    pub position: i64,
+    /// `ride`, `match`, ...
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: Uuid,
+    /// 1-based sequence within the aggregate.
+    pub sequence: i64,
+    /// snake_case event name.
+    pub event_type: String,
+    /// Payload schema version.
+    pub event_version: i32,
+    /// The event's data.
+    pub payload: serde_json::Value,
+    /// `event_id`, `command_id`, `correlation_id`, `causation_id`, `actor`, `recorded_at`.
+    pub metadata: serde_json::Value,
 }
 
 const SELECT_EVENTS: &str = "SELECT position, aggregate_type, aggregate_id, sequence, event_type, \

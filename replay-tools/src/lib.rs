@@ -1,9 +1,14 @@
 //! # replay-tools
 //!
-//! What auditors and operators run against the event store. For now: the raw stream of
-//! an aggregate, and verification of every aggregate's hash chain against the chain
-//! heads kept in `streams` (SPEC.md §5 guarantee 6). Billing replay, read-model diffs
-//! and rebuilds come with the projections (issue 3).
+//! What auditors and operators run against the event store (the binary's `--help`
+//! is the manual):
+//! - [`billing`]: a ride's billing history, or a period's ledger, replayed from the
+//!   events and compared with the read models; a ride as it stood at a moment;
+//! - [`audit`]: `verify` — every hash chain, and rides / billing_ledger / payments
+//!   folded from the events and diffed with the live tables, in one pass;
+//! - this module: the chain checks themselves ([`verify_stream`], [`verify_chains`]).
+//!
+//! Rebuilds are `projections::rebuild`, driven by the binary with a progress bar.
 //!
 //! ## What `verify_chains` proves
 //! For each aggregate: sequences run 1, 2, 3 … without a hole; each event's hash is
@@ -11,6 +16,9 @@
 //! the head recorded in `streams` (same version, same hash). So an edited payload or
 //! metadata breaks its own hash, a deleted event in the middle breaks the sequence and
 //! the next link, and a deleted *last* event leaves `streams` pointing past the end.
+
+pub mod audit;
+pub mod billing;
 
 use std::collections::HashMap;
 

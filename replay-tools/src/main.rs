@@ -1,18 +1,36 @@
 //! `replay-tools`: the auditors' and operators' command line. Run with `--help`.
 
-use clap::{Parser, Subcommand};
+use std::io::Write as _;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use projections::{MatchesProjector, Projector, RidesProjector};
+use replay_tools::{audit, billing};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Audit NebengJek's event store.
+/// Audit NebengJek's event store: replay billing from the events, prove the store is
+/// complete and untampered, compare the read models with the events, rebuild them.
+///
+/// Every figure printed is computed from the events themselves, never copied from a
+/// read model; where a read model disagrees, the output says so. Times are RFC 3339
+/// (UTC), money whole rupiah, distances kilometres to the metre.
+///
+/// Exit status: 0 when all is well, 1 when `verify` (or `billing ride`) found a
+/// difference or a broken chain, 2 on a usage or connection error.
 #[derive(Debug, Parser)]
-#[command(name = "replay-tools", version, about, long_about = None)]
+#[command(name = "replay-tools", version, about, verbatim_doc_comment)]
 struct Cli {
     /// The event store (PostgreSQL).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/nebengjek"
+        default_value = "postgres://postgres@127.0.0.1:5432/nebengjek",
+        global = true
     )]
     database_url: String,
     #[command(subcommand)]
@@ -21,40 +39,390 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print an aggregate's raw event stream, one JSON object a line.
+    /// Billing history replayed from the events.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+    /// Check every hash chain and compare rides, billing_ledger and payments with
+    /// what the events say; exits 1 and lists each difference (naming the ride) or
+    /// broken chain.
+    Verify {
+        /// Only aggregates with an event recorded at or after this time (RFC 3339).
+        #[arg(long, requires = "to")]
+        from: Option<DateTime<Utc>>,
+        /// ... and before this time (RFC 3339).
+        #[arg(long, requires = "from")]
+        to: Option<DateTime<Utc>>,
+        /// Also write the rows the events imply into a schema `verify_<time>`, to
+        /// query side by side with the live tables.
+        #[arg(long)]
+        scratch: bool,
+    },
+    /// Rebuild a read model from position 0 into shadow tables and switch them in
+    /// (readers never see a half-built table). Shows progress and events/s.
+    Rebuild {
+        /// Which read model.
+        projection: ProjectionName,
+    },
+    /// An aggregate as it stood at a moment.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// An aggregate's raw event stream, one JSON object a line.
     Events {
         /// `ride` or `match`.
         aggregate_type: String,
         /// The aggregate's id.
         id: Uuid,
     },
-    /// Check every aggregate's hash chain against the recorded chain heads; exits 1
-    /// and lists what is broken if anything was edited or deleted.
-    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum BillingCommand {
+    /// Every trip segment, fare clamp, discount, fee, payout and payment attempt of a
+    /// ride, with time and actor, and the totals; marks where the read models differ.
+    Ride {
+        /// The ride.
+        ride_id: Uuid,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// The billing ledger of a period, replayed from the events.
+    Period {
+        /// From (inclusive, RFC 3339).
+        #[arg(long)]
+        from: DateTime<Utc>,
+        /// To (exclusive, RFC 3339).
+        #[arg(long)]
+        to: DateTime<Utc>,
+        /// Only this driver's rides.
+        #[arg(long)]
+        driver: Option<Uuid>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// A ride as it stood at `--as-of`.
+    Ride {
+        /// The ride.
+        ride_id: Uuid,
+        /// The moment (RFC 3339).
+        #[arg(long)]
+        as_of: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProjectionName {
+    /// rides, billing_ledger and payments.
+    Rides,
+    /// matches.
+    Matches,
+    /// Both.
+    All,
+}
+
+fn km(m: i64) -> String {
+    format!("{}.{:03}", m / 1000, (m % 1000).abs())
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn table() -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len.max(1));
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:40}}] {{pos}}/{{len}} events, {{per_sec}}, eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
-    let pool = PgPool::connect(&cli.database_url).await?;
-    match cli.command {
-        Command::Events { aggregate_type, id } => {
-            for event in migrations::read_stream(&pool, &aggregate_type, id, 0).await? {
-                println!("{}", serde_json::to_string(&event)?);
-            }
-        }
-        Command::Verify => {
-            let (breaks, checked) = replay_tools::verify_chains(&pool).await?;
-            if breaks.is_empty() {
-                println!("verify: {checked} events, every hash chain intact");
-            } else {
-                for b in &breaks {
-                    println!("BROKEN {b}");
-                }
-                println!("verify: {checked} events, {} problems", breaks.len());
-                std::process::exit(1);
-            }
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(2);
         }
     }
-    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let pool = PgPool::connect(&cli.database_url)
+        .await
+        .with_context(|| "cannot connect to the event store at DATABASE_URL")?;
+    match cli.command {
+        Command::Events { aggregate_type, id } => {
+            let mut out = std::io::stdout().lock();
+            for event in migrations::read_stream(&pool, &aggregate_type, id, 0).await? {
+                writeln!(out, "{}", serde_json::to_string(&event)?)?;
+            }
+            Ok(0)
+        }
+        Command::Billing(BillingCommand::Ride { ride_id, format }) => {
+            billing_ride(&pool, ride_id, format).await
+        }
+        Command::Billing(BillingCommand::Period {
+            from,
+            to,
+            driver,
+            format,
+        }) => billing_period(&pool, from, to, driver, format).await,
+        Command::Verify { from, to, scratch } => verify(&pool, from.zip(to), scratch).await,
+        Command::Rebuild { projection } => {
+            let projectors: Vec<Box<dyn Projector>> = match projection {
+                ProjectionName::Rides => vec![Box::new(RidesProjector)],
+                ProjectionName::Matches => vec![Box::new(MatchesProjector)],
+                ProjectionName::All => vec![Box::new(RidesProjector), Box::new(MatchesProjector)],
+            };
+            for projector in projectors {
+                let head = migrations::head_position(&pool).await?;
+                let progress = bar(head as u64, projector.name());
+                let started = Instant::now();
+                let position = projections::rebuild::rebuild(&pool, projector.as_ref(), &|at, up_to| {
+                    progress.set_length(up_to.max(1) as u64);
+                    progress.set_position(at as u64);
+                })
+                .await?;
+                progress.finish_and_clear();
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "{}: rebuilt to position {position} in {secs:.1} s ({:.0} events/s), switched in",
+                    projector.name(),
+                    position as f64 / secs.max(1e-9)
+                );
+            }
+            Ok(0)
+        }
+        Command::State(StateCommand::Ride { ride_id, as_of }) => {
+            let Some((ride, sequence)) = billing::state_as_of(&pool, ride_id, as_of).await? else {
+                println!("ride {ride_id} did not exist at {as_of}");
+                return Ok(0);
+            };
+            let mut t = table();
+            t.set_header(["field", "value"]);
+            let b = ride.fare_breakdown();
+            for (k, v) in [
+                ("ride_id", ride_id.to_string()),
+                ("as_of", as_of.to_rfc3339()),
+                ("events applied", sequence.to_string()),
+                ("status", domain::Aggregate::status(&ride).to_owned()),
+                ("driver_id", opt(ride.driver_id())),
+                ("passenger_id", opt(ride.passenger_id())),
+                ("started_at", opt(ride.started_at().map(|t| t.to_rfc3339()))),
+                ("distance_km", km(ride.distance_m())),
+                ("trip segments", ride.trip_segments().to_string()),
+                ("segments cost", ride.trip_segments_cost().get().to_string()),
+                ("rejected points", ride.rejected_trip_points().to_string()),
+                ("arrived_at", opt(ride.arrived_at().map(|t| t.to_rfc3339()))),
+                ("fare", opt(b.map(|b| b.fare.get()))),
+                ("adjusted_fare", opt(b.map(|b| b.adjusted_fare.get()))),
+                ("admin_fee", opt(b.map(|b| b.admin_fee.get()))),
+                ("driver_payout", opt(b.map(|b| b.driver_payout.get()))),
+                ("payment", opt(ride.payment_status().map(|s| s.as_str()))),
+                ("payment attempts", ride.payment_attempts().to_string()),
+                ("completed_at", opt(ride.completed_at().map(|t| t.to_rfc3339()))),
+            ] {
+                t.add_row([k.to_owned(), v]);
+            }
+            println!("{t}");
+            Ok(0)
+        }
+    }
+}
+
+async fn billing_ride(pool: &PgPool, ride_id: Uuid, format: Format) -> anyhow::Result<i32> {
+    let Some(b) = billing::ride(pool, ride_id).await? else {
+        println!("no events for ride {ride_id}");
+        return Ok(1);
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&b)?),
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            for line in &b.lines {
+                w.serialize(line)?;
+            }
+            w.flush()?;
+        }
+        Format::Table => {
+            println!("Billing of ride {ride_id}, replayed from its events");
+            let mut t = table();
+            t.set_header([
+                "#",
+                "recorded_at",
+                "actor",
+                "what",
+                "distance_km",
+                "amount",
+                "detail",
+            ]);
+            for l in &b.lines {
+                t.add_row([
+                    l.position.to_string(),
+                    l.recorded_at.to_rfc3339(),
+                    l.actor.clone(),
+                    l.what.clone(),
+                    opt(l.distance_m.map(km)),
+                    opt(l.amount),
+                    l.detail.clone(),
+                ]);
+            }
+            println!("{t}");
+            let mut totals = table();
+            totals.set_header(["total", "replayed"]);
+            for (k, v) in [
+                ("status", b.status.clone()),
+                ("distance_km", km(b.distance_m)),
+                ("ledger sum", b.ledger_total.to_string()),
+                ("fare", opt(b.fare)),
+                ("adjusted_fare", opt(b.adjusted_fare)),
+                ("admin_fee", opt(b.admin_fee)),
+                ("driver_payout", opt(b.driver_payout)),
+                ("payment", opt(b.payment_status.clone())),
+                ("payment attempts", b.payment_attempts.to_string()),
+            ] {
+                totals.add_row([k.to_owned(), v]);
+            }
+            println!("{totals}");
+        }
+    }
+    if b.differences.is_empty() {
+        eprintln!("read models agree with the events");
+        Ok(0)
+    } else {
+        for d in &b.differences {
+            eprintln!("DIFFERS {d}");
+        }
+        Ok(1)
+    }
+}
+
+async fn billing_period(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    driver: Option<Uuid>,
+    format: Format,
+) -> anyhow::Result<i32> {
+    let entries = billing::period(pool, from, to, driver).await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            for e in &entries {
+                w.serialize(e)?;
+            }
+            w.flush()?;
+        }
+        Format::Table => {
+            let mut t = table();
+            t.set_header([
+                "recorded_at",
+                "ride_id",
+                "driver_id",
+                "kind",
+                "distance_km",
+                "cost",
+            ]);
+            for e in &entries {
+                t.add_row([
+                    e.recorded_at.to_rfc3339(),
+                    e.ride_id.to_string(),
+                    e.driver_id.to_string(),
+                    e.kind.clone(),
+                    opt(e.distance_m.map(km)),
+                    e.cost.to_string(),
+                ]);
+            }
+            println!("{t}");
+            let mut by_kind: std::collections::BTreeMap<&str, (usize, i64)> = Default::default();
+            for e in &entries {
+                let k = by_kind.entry(e.kind.as_str()).or_default();
+                k.0 += 1;
+                k.1 += e.cost;
+            }
+            let mut totals = table();
+            totals.set_header(["kind", "entries", "sum"]);
+            for (kind, (n, sum)) in &by_kind {
+                totals.add_row([(*kind).to_owned(), n.to_string(), sum.to_string()]);
+            }
+            totals.add_row([
+                "all".to_owned(),
+                entries.len().to_string(),
+                entries.iter().map(|e| e.cost).sum::<i64>().to_string(),
+            ]);
+            println!("{totals}");
+        }
+    }
+    Ok(0)
+}
+
+async fn verify(
+    pool: &PgPool,
+    window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    scratch: bool,
+) -> anyhow::Result<i32> {
+    let progress = bar(0, "verify");
+    let started = Instant::now();
+    let report = audit::verify(pool, window, scratch, &|done, total| {
+        progress.set_length(total.max(1));
+        progress.set_position(done);
+    })
+    .await?;
+    progress.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    for b in &report.chain_breaks {
+        println!("TAMPERED {b}");
+    }
+    for d in &report.row_diffs {
+        println!("DIFFERS {d}");
+    }
+    for u in &report.unreadable {
+        println!("UNREADABLE {u}");
+    }
+    if let Some(schema) = &report.scratch_schema {
+        println!("the rows the events imply are in schema {schema}");
+    }
+    println!(
+        "verify: {} events of {} aggregates, {} rides compared with the read models in {secs:.1} s ({:.0} events/s): {}",
+        report.events,
+        report.aggregates,
+        report.rides,
+        report.events as f64 / secs.max(1e-9),
+        if report.passed() {
+            "every chain intact, read models agree".to_owned()
+        } else {
+            format!(
+                "{} broken chains, {} differing rows, {} unreadable events",
+                report.chain_breaks.len(),
+                report.row_diffs.len(),
+                report.unreadable.len()
+            )
+        }
+    );
+    Ok(if report.passed() { 0 } else { 1 })
 }

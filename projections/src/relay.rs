@@ -1,0 +1,352 @@
+//! The outbox relay: the event store, in feed order, onto JetStream stream `EVENTS`.
+//!
+//! Every event is published as `<prefix>.<aggregate>.<event>` (`events.ride.started`)
+//! with the feed envelope of SPEC.md §4 as its body and three headers:
+//! `Nats-Msg-Id` = the event id (JetStream drops a repeat within its duplicate window),
+//! `Nebengjek-Store-Id` and `Nebengjek-Position`.
+//!
+//! ## Exactly once in the stream, in order
+//! - **One relay at a time** per stream: the relay holds a PostgreSQL advisory lock on
+//!   a connection of its own while it runs; a second process's relay waits as a standby.
+//! - **Resume from what the stream has, not only from what we wrote down.** The
+//!   checkpoint (`checkpoints` row `relay.<stream>`) moves after the broker acknowledged
+//!   a batch, so a crash between the two leaves it behind. On start (and after any
+//!   error) the relay reads the stream's last message: when it carries this store's id,
+//!   its position is where to resume. A restart at any point therefore republishes
+//!   nothing; the message id de-duplication is the second line of defence.
+//! - **No holes.** Each message but the first after a resume says which message must
+//!   precede it (`Nats-Expected-Last-Msg-Id`), so if the broker lost message *n* (a
+//!   dropped connection) it refuses *n+1* instead of storing the events out of order;
+//!   the relay then resumes from the stream's real end.
+//!
+//! Positions in the stream are namespaced by the store id (SPEC.md §4 "Redis"): a
+//! deployment pointed at a new database does not resume from the old one's position.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+use migrations::StoredEvent;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::runtime::{checkpoint, listen, FALLBACK_WAKE};
+
+/// Header carrying the store id of the event.
+pub const STORE_ID_HEADER: &str = "Nebengjek-Store-Id";
+/// Header carrying the event's global position.
+pub const POSITION_HEADER: &str = "Nebengjek-Position";
+/// The gauge of how many events the relay is behind the store's head.
+pub const LAG_GAUGE: &str = "nebengjek_relay_lag_events";
+
+/// Where the relay publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// The JetStream stream (`EVENTS`).
+    pub stream: String,
+    /// The subject prefix (`events`): subjects are `<prefix>.<aggregate>.<event>`.
+    pub subject_prefix: String,
+    /// Events per batch.
+    pub batch: i64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            stream: "EVENTS".into(),
+            subject_prefix: "events".into(),
+            batch: 500,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The checkpoint row's name.
+    pub fn checkpoint_name(&self) -> String {
+        format!("relay.{}", self.stream)
+    }
+}
+
+/// Why the relay could not move on. It logs, waits and resumes from the stream's end.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// PostgreSQL refused or was unreachable.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The broker refused or was unreachable.
+    #[error("JetStream error: {0}")]
+    JetStream(String),
+    /// An event cannot be put on the feed.
+    #[error("event at position {0} cannot be published: {1}")]
+    Event(i64, String),
+    /// A test asked the relay to stop here, as a crash would.
+    #[error("injected fault after {0} messages of the batch")]
+    Injected(usize),
+}
+
+fn js_error(e: impl std::fmt::Display) -> RelayError {
+    RelayError::JetStream(e.to_string())
+}
+
+/// Where to go on from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The last position known to be in the stream (or checkpointed).
+    pub position: i64,
+    /// The id of the stream's last message, when it is this store's event at
+    /// `position` (the next message then expects it).
+    pub last_event_id: Option<Uuid>,
+}
+
+/// The outbox relay of one store to one stream.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pool: PgPool,
+    js: jetstream::Context,
+    config: RelayConfig,
+    store_id: Uuid,
+}
+
+impl Relay {
+    /// Connects the relay, creating the stream (subjects `<prefix>.>`, two-minute
+    /// duplicate window) if it does not exist.
+    pub async fn new(
+        pool: PgPool,
+        client: async_nats::Client,
+        config: RelayConfig,
+    ) -> Result<Self, RelayError> {
+        let store_id = migrations::store_id(&pool).await?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(js_error)?;
+        Ok(Relay {
+            pool,
+            js,
+            config,
+            store_id,
+        })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// The later of the checkpoint and the stream's last message of this store.
+    pub async fn resume(&self) -> Result<Resume, RelayError> {
+        let checkpointed = checkpoint(&self.pool, &self.config.checkpoint_name()).await?;
+        let mut stream = self.js.get_stream(&self.config.stream).await.map_err(js_error)?;
+        let last = stream.info().await.map_err(js_error)?.state.last_sequence;
+        let in_stream = if last == 0 {
+            None
+        } else {
+            match stream.get_raw_message(last).await {
+                Ok(message) => {
+                    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+                    let ours =
+                        header(STORE_ID_HEADER).and_then(|s| s.parse::<Uuid>().ok()) == Some(self.store_id);
+                    let position = header(POSITION_HEADER).and_then(|p| p.parse::<i64>().ok());
+                    let id =
+                        header(async_nats::header::NATS_MESSAGE_ID.as_ref()).and_then(|i| i.parse().ok());
+                    match (ours, position) {
+                        (true, Some(position)) => Some((position, id)),
+                        _ => None,
+                    }
+                }
+                // The last message may have been deleted; the checkpoint decides then.
+                Err(error) => {
+                    tracing::warn!(%error, sequence = last, "cannot read the stream's last message");
+                    None
+                }
+            }
+        };
+        Ok(match in_stream {
+            Some((position, id)) if position >= checkpointed => Resume {
+                position,
+                last_event_id: id,
+            },
+            _ => Resume {
+                position: checkpointed,
+                last_event_id: None,
+            },
+        })
+    }
+
+    /// Publishes up to `config.batch` events after `from`, waits for every
+    /// acknowledgement, then moves the checkpoint. Returns where the stream now ends.
+    /// `fault = Some(n)` stops after `n` messages, before the checkpoint, as a crash
+    /// would (tests).
+    pub async fn step(&self, from: Resume, fault: Option<usize>) -> Result<Resume, RelayError> {
+        let events = migrations::read_feed(&self.pool, from.position, self.config.batch).await?;
+        if events.is_empty() {
+            return Ok(from);
+        }
+        let span = tracing::debug_span!("relay_batch", stream = %self.config.stream, from = from.position, n = events.len());
+        async {
+            let mut previous = from.last_event_id;
+            let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
+            for (i, event) in events.iter().enumerate() {
+                if fault == Some(i) {
+                    break;
+                }
+                let id = event
+                    .event_id()
+                    .ok_or_else(|| RelayError::Event(event.position, "no event_id in its metadata".into()))?;
+                acks.push(self.publish(event, id, previous).await?);
+                previous = Some(id);
+            }
+            let published = acks.len();
+            for ack in acks {
+                ack.await.map_err(js_error)?;
+            }
+            if fault.is_some() {
+                return Err(RelayError::Injected(published));
+            }
+            let last = events.last().map_or(from.position, |e| e.position);
+            sqlx::query(
+                "INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position), \
+                 updated_at = now()",
+            )
+            .bind(self.config.checkpoint_name())
+            .bind(last)
+            .execute(&self.pool)
+            .await?;
+            metrics::counter!("nebengjek_relay_events_total").increment(published as u64);
+            Ok(Resume {
+                position: last,
+                last_event_id: previous,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn publish(
+        &self,
+        event: &StoredEvent,
+        id: Uuid,
+        previous: Option<Uuid>,
+    ) -> Result<PublishAckFuture, RelayError> {
+        let body = serde_json::to_vec(&event.envelope())
+            .map_err(|e| RelayError::Event(event.position, e.to_string()))?;
+        let mut message = PublishMessage::build()
+            .payload(body.into())
+            .message_id(id.to_string())
+            .header(STORE_ID_HEADER, self.store_id.to_string().as_str())
+            .header(POSITION_HEADER, event.position.to_string().as_str());
+        if let Some(previous) = previous {
+            message = message.expected_last_message_id(previous.to_string());
+        }
+        self.js
+            .send_publish(event.subject(&self.config.subject_prefix), message)
+            .await
+            .map_err(js_error)
+    }
+
+    /// Publishes everything after the resume point until caught up; returns the end.
+    pub async fn drain(&self) -> Result<Resume, RelayError> {
+        let mut at = self.resume().await?;
+        loop {
+            let next = self.step(at, None).await?;
+            if next.position == at.position {
+                return Ok(next);
+            }
+            at = next;
+        }
+    }
+
+    /// Runs until `shutdown` turns true: takes the relay lock (waiting as a standby
+    /// while another process holds it), then follows the store, woken by its `NOTIFY`.
+    /// Errors are logged and followed by a fresh resume from the stream's end.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let Some(_lock) = self.lock(&mut shutdown).await else {
+            return;
+        };
+        let mut listener = listen(&self.pool).await;
+        let mut at: Option<Resume> = None;
+        loop {
+            let result = async {
+                let mut position = match at {
+                    Some(p) => p,
+                    None => self.resume().await?,
+                };
+                loop {
+                    let next = self.step(position, None).await?;
+                    if next.position == position.position {
+                        return Ok::<_, RelayError>(next);
+                    }
+                    position = next;
+                }
+            }
+            .await;
+            match result {
+                Ok(p) => {
+                    at = Some(p);
+                    if let Ok(head) = migrations::head_position(&self.pool).await {
+                        metrics::gauge!(LAG_GAUGE).set((head - p.position).max(0) as f64);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "relay failed; resuming from the stream's end");
+                    at = None;
+                }
+            }
+            let wake = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        let _ = tokio::time::timeout(FALLBACK_WAKE, l.recv()).await;
+                    }
+                    None => tokio::time::sleep(FALLBACK_WAKE).await,
+                }
+            };
+            tokio::select! {
+                () = wake => {}
+                changed = shutdown.changed() => if changed.is_err() { return },
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// The relay's advisory lock, on a connection that lives as long as it is held.
+    async fn lock(&self, shutdown: &mut watch::Receiver<bool>) -> Option<PgConnection> {
+        let key = format!("nebengjek.relay.{}", self.config.stream);
+        let options = self.pool.connect_options();
+        let mut announced = false;
+        loop {
+            let attempt = async {
+                let mut conn = PgConnection::connect_with(&options).await?;
+                let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(&key)
+                    .fetch_one(&mut conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(held.then_some(conn))
+            };
+            match attempt.await {
+                Ok(Some(conn)) => return Some(conn),
+                Ok(None) if !announced => {
+                    tracing::info!(stream = %self.config.stream, "another process relays this stream; standing by");
+                    announced = true;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot take the relay lock; retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                changed = shutdown.changed() => if changed.is_err() { return None },
+            }
+            if *shutdown.borrow() {
+                return None;
+            }
+        }
+    }
+}

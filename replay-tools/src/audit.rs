@@ -1,0 +1,278 @@
+//! `verify`: the whole proof in one pass over the store.
+//!
+//! One ordered scan of the events (by aggregate, then sequence) does two things at once:
+//! - checks every aggregate's hash chain against its recorded head (the checks of
+//!   [`crate::verify_stream`]);
+//! - folds every ride's events into the rows `rides`, `billing_ledger` and `payments`
+//!   must hold ([`projections::rows::RideFold`], the same rows a rebuild writes).
+//!
+//! The folded rows are then diffed with the live tables, and each difference names
+//! the ride. With `scratch`, the folded rows are also written into a schema of their
+//! own (`verify_<time>`), kept for the auditor to query side by side with `public`.
+//! With a window, only the aggregates with an event recorded in it are checked (each
+//! with its whole history: a chain can only be checked from its start).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use domain::chain::{event_hash, HashedFields, GENESIS};
+use domain::ride::RideEvent;
+use futures::TryStreamExt;
+use projections::rows::{diff, read_live, At, RideFold, RowDiff};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::ChainBreak;
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Events read and hash-checked.
+    pub events: u64,
+    /// Aggregates whose chain was checked.
+    pub aggregates: u64,
+    /// Rides folded and compared.
+    pub rides: u64,
+    /// Broken chains.
+    pub chain_breaks: Vec<ChainBreak>,
+    /// Read-model rows that differ from the events.
+    pub row_diffs: Vec<RowDiff>,
+    /// Events whose payload is not a readable ride event.
+    pub unreadable: Vec<String>,
+    /// The scratch schema written, if asked for.
+    pub scratch_schema: Option<String>,
+}
+
+impl VerifyReport {
+    /// Whether everything held.
+    pub fn passed(&self) -> bool {
+        self.chain_breaks.is_empty() && self.row_diffs.is_empty() && self.unreadable.is_empty()
+    }
+}
+
+/// The part of an event `verify` needs.
+#[derive(sqlx::FromRow)]
+struct Row {
+    position: i64,
+    aggregate_type: String,
+    aggregate_id: Uuid,
+    sequence: i64,
+    event_type: String,
+    event_version: i32,
+    payload: Value,
+    metadata: Value,
+    recorded_at: DateTime<Utc>,
+    hash: Vec<u8>,
+}
+
+/// The chain of the aggregate being read.
+struct Chain {
+    aggregate_type: String,
+    aggregate_id: Uuid,
+    expected_sequence: i64,
+    prev: Vec<u8>,
+}
+
+/// Runs the audit (see the module doc). `progress(events_done, events_total)`.
+pub async fn verify(
+    pool: &PgPool,
+    window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    scratch: bool,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<VerifyReport, anyhow::Error> {
+    let scope = match window {
+        None => String::new(),
+        Some(_) => " WHERE (aggregate_type, aggregate_id) IN (SELECT DISTINCT aggregate_type, aggregate_id \
+                    FROM events WHERE recorded_at >= $1 AND recorded_at < $2)"
+            .to_owned(),
+    };
+    let (from, to) = window.unwrap_or((DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC));
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM events{scope}"))
+        .bind(from)
+        .bind(to)
+        .fetch_one(pool)
+        .await?;
+    let heads: HashMap<(String, Uuid), (i64, Vec<u8>)> = sqlx::query_as::<_, (String, Uuid, i64, Vec<u8>)>(
+        &format!("SELECT aggregate_type, aggregate_id, version, head_hash FROM streams{scope}"),
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(t, i, v, h)| ((t, i), (v, h)))
+    .collect();
+
+    let mut report = VerifyReport::default();
+    let mut fold = RideFold::default();
+    let mut seen: HashMap<(String, Uuid), ()> = HashMap::with_capacity(heads.len());
+    let mut ride_ids: Vec<Uuid> = Vec::new();
+    let mut chain: Option<Chain> = None;
+    {
+        let sql = format!(
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
+             recorded_at, hash FROM events{scope} ORDER BY aggregate_type, aggregate_id, sequence"
+        );
+        let mut rows = sqlx::query_as::<_, Row>(&sql).bind(from).bind(to).fetch(pool);
+        while let Some(row) = rows.try_next().await? {
+            report.events += 1;
+            if report.events.is_multiple_of(20_000) {
+                progress(report.events, total as u64);
+            }
+            let same = chain.as_ref().is_some_and(|c| {
+                c.aggregate_id == row.aggregate_id && c.aggregate_type == row.aggregate_type
+            });
+            if !same {
+                if let Some(done) = chain.take() {
+                    close_chain(&done, &heads, &mut report.chain_breaks);
+                    seen.insert((done.aggregate_type, done.aggregate_id), ());
+                }
+                report.aggregates += 1;
+                if row.aggregate_type == "ride" {
+                    ride_ids.push(row.aggregate_id);
+                }
+                chain = Some(Chain {
+                    aggregate_type: row.aggregate_type.clone(),
+                    aggregate_id: row.aggregate_id,
+                    expected_sequence: 1,
+                    prev: GENESIS.to_vec(),
+                });
+            }
+            let Some(c) = chain.as_mut() else { continue };
+            check_link(c, &row, &mut report.chain_breaks);
+            if row.aggregate_type == "ride" {
+                let at = At {
+                    position: row.position,
+                    sequence: row.sequence,
+                    recorded_at: row.recorded_at,
+                    hash: &row.hash,
+                };
+                match ride_event(&row) {
+                    Ok(event) => fold.apply(row.aggregate_id, at, event),
+                    Err(reason) => report.unreadable.push(format!(
+                        "ride {} #{} ({}): {reason}",
+                        row.aggregate_id, row.sequence, row.event_type
+                    )),
+                }
+            }
+        }
+    }
+    if let Some(done) = chain.take() {
+        close_chain(&done, &heads, &mut report.chain_breaks);
+        seen.insert((done.aggregate_type, done.aggregate_id), ());
+    }
+    for ((t, i), (version, _)) in &heads {
+        if !seen.contains_key(&(t.clone(), *i)) {
+            report.chain_breaks.push(ChainBreak {
+                aggregate_type: t.clone(),
+                aggregate_id: *i,
+                sequence: *version,
+                problem: format!("streams records version {version} but the aggregate has no events"),
+            });
+        }
+    }
+    progress(report.events, total as u64);
+    report.rides = fold.rides.len() as u64;
+
+    let mut conn = pool.acquire().await?;
+    let live = read_live(&mut conn, window.map(|_| ride_ids.as_slice())).await?;
+    report.row_diffs = diff(&fold, &live);
+    if scratch {
+        report.scratch_schema = Some(write_scratch(pool, &fold).await?);
+    }
+    Ok(report)
+}
+
+fn ride_event(row: &Row) -> Result<RideEvent, String> {
+    if row.event_version != 1 {
+        return Err(format!("no upcaster for version {}", row.event_version));
+    }
+    let tagged = serde_json::json!({ "event_type": row.event_type, "payload": row.payload });
+    serde_json::from_value(tagged).map_err(|e| e.to_string())
+}
+
+fn check_link(chain: &mut Chain, row: &Row, breaks: &mut Vec<ChainBreak>) {
+    let broken = |sequence: i64, problem: String| ChainBreak {
+        aggregate_type: row.aggregate_type.clone(),
+        aggregate_id: row.aggregate_id,
+        sequence,
+        problem,
+    };
+    if row.sequence != chain.expected_sequence {
+        breaks.push(broken(
+            row.sequence,
+            format!(
+                "sequence {} where {} was expected (an event is missing)",
+                row.sequence, chain.expected_sequence
+            ),
+        ));
+    }
+    let id = row.aggregate_id.to_string();
+    let computed = event_hash(
+        &chain.prev,
+        &HashedFields {
+            aggregate_type: &row.aggregate_type,
+            aggregate_id: &id,
+            sequence: row.sequence,
+            event_type: &row.event_type,
+            event_version: row.event_version,
+            payload: &row.payload,
+            metadata: &row.metadata,
+        },
+    );
+    if computed.as_slice() != row.hash.as_slice() {
+        breaks.push(broken(
+            row.sequence,
+            format!(
+                "{} event does not match its hash (edited, or its predecessor was)",
+                row.event_type
+            ),
+        ));
+    }
+    chain.prev.clone_from(&row.hash);
+    chain.expected_sequence = row.sequence + 1;
+}
+
+fn close_chain(chain: &Chain, heads: &HashMap<(String, Uuid), (i64, Vec<u8>)>, breaks: &mut Vec<ChainBreak>) {
+    let last = chain.expected_sequence - 1;
+    let broken = |sequence: i64, problem: String| ChainBreak {
+        aggregate_type: chain.aggregate_type.clone(),
+        aggregate_id: chain.aggregate_id,
+        sequence,
+        problem,
+    };
+    match heads.get(&(chain.aggregate_type.clone(), chain.aggregate_id)) {
+        None => breaks.push(broken(0, "no chain head recorded in streams".into())),
+        Some((version, _)) if *version != last => breaks.push(broken(
+            last,
+            format!(
+                "the chain ends at {last} but streams records version {version} (events deleted at the end?)"
+            ),
+        )),
+        Some((_, hash)) if *hash != chain.prev => {
+            breaks.push(broken(
+                last,
+                "the last event is not the recorded chain head".into(),
+            ));
+        }
+        Some(_) => {}
+    }
+}
+
+/// Writes the folded rows into a new schema `verify_<unix time>` (tables shaped like
+/// the live ones) and returns its name.
+async fn write_scratch(pool: &PgPool, fold: &RideFold) -> Result<String, anyhow::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let schema = format!("verify_{now}");
+    projections::rebuild::create_shadow(pool, &schema, &["rides", "billing_ledger", "payments"]).await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("SET LOCAL search_path = {schema}, public"))
+        .execute(&mut *tx)
+        .await?;
+    projections::rows::copy_rows(&mut tx, fold).await?;
+    tx.commit().await?;
+    Ok(schema)
+}
