@@ -383,3 +383,106 @@ async fn operators_create_analysts() {
     let token = body_token(&app, msisdn.as_str()).await;
     assert_eq!(app.state.tokens().verify(&token).unwrap().role, Role::Analyst);
 }
+
+#[tokio::test]
+async fn a_ride_is_read_by_its_participants_and_analysts_and_is_404_to_anyone_else() {
+    let app = app().await;
+    let (passenger, passenger_token) = app.user(Role::Passenger).await;
+    let (driver, driver_token) = app.driver().await;
+    let (_, stranger) = app.user(Role::Passenger).await;
+    let (_, other_driver) = app.driver().await;
+    let (_, analyst) = app.user(Role::Analyst).await;
+    let (_, ride) = app.ride_between(passenger, driver).await;
+    app.project().await;
+
+    let path = format!("/v1/rides/{ride}");
+    for token in [&passenger_token, &driver_token, &analyst] {
+        let (status, body) = app.call(Method::GET, &path, Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["ride_id"], json!(ride));
+        assert_eq!(body["status"], "PENDING");
+        assert_eq!(body["passenger_id"], json!(passenger));
+    }
+    for token in [&stranger, &other_driver] {
+        let (status, body) = app.call(Method::GET, &path, Some(token), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    let missing = format!("/v1/rides/{}", uuid::Uuid::now_v7());
+    assert_eq!(
+        app.call(Method::GET, &missing, Some(&analyst), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call(Method::GET, "/v1/rides/not-a-uuid", Some(&analyst), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Histories.
+    let (_, mine) = app
+        .call(Method::GET, "/v1/me/rides", Some(&passenger_token), None)
+        .await;
+    assert_eq!(mine["rides"].as_array().unwrap().len(), 1, "{mine}");
+    let (_, theirs) = app.call(Method::GET, "/v1/me/rides", Some(&stranger), None).await;
+    assert_eq!(theirs["rides"].as_array().unwrap().len(), 0);
+
+    // The analysts' filters.
+    let (_, found) = app
+        .call(
+            Method::GET,
+            &format!("/v1/rides?passenger_id={passenger}&status=pending"),
+            Some(&analyst),
+            None,
+        )
+        .await;
+    assert_eq!(found["rides"].as_array().unwrap().len(), 1, "{found}");
+    let (_, none) = app
+        .call(
+            Method::GET,
+            &format!("/v1/rides?driver_id={passenger}"),
+            Some(&analyst),
+            None,
+        )
+        .await;
+    assert_eq!(none["rides"].as_array().unwrap().len(), 0, "{none}");
+}
+
+#[tokio::test]
+async fn ride_lists_page_with_a_cursor() {
+    let app = app().await;
+    let (_, analyst) = app.user(Role::Analyst).await;
+    let mut rides = Vec::new();
+    for _ in 0..3 {
+        let (passenger, _) = app.user(Role::Passenger).await;
+        let (driver, _) = app.driver().await;
+        rides.push(app.ride_between(passenger, driver).await.1);
+        app.clock.advance(chrono::TimeDelta::seconds(1));
+    }
+    app.project().await;
+    let (status, first) = app
+        .call(Method::GET, "/v1/rides?limit=2", Some(&analyst), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let page: Vec<&Value> = first["rides"].as_array().unwrap().iter().collect();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0]["ride_id"], json!(rides[2]), "newest first");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = app
+        .call(
+            Method::GET,
+            &format!("/v1/rides?limit=2&cursor={cursor}"),
+            Some(&analyst),
+            None,
+        )
+        .await;
+    let rest = second["rides"].as_array().unwrap();
+    assert_eq!(rest.len(), 1, "{second}");
+    assert_eq!(rest[0]["ride_id"], json!(rides[0]));
+    assert!(second.get("next_cursor").is_none());
+    let (status, _) = app
+        .call(Method::GET, "/v1/rides?cursor=garbage", Some(&analyst), None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -16,10 +16,13 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use chrono::{TimeZone, Utc};
 use commands::clock::ManualClock;
+use commands::ingress::ClientCommand;
+use commands::pipeline::Envelope;
 use commands::ports::{InMemoryPositions, ScriptedProvider};
 use commands::{CommandBus, EventStore};
+use domain::matching::{Candidate, MatchCommand};
 use domain::msisdn::Msisdn;
-use domain::{Policy, Role, UserId};
+use domain::{Actor, GeoPoint, MatchId, Policy, RideId, Role, UserId};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
@@ -237,42 +240,94 @@ impl App {
         (addr, stop)
     }
 
-    /// Publishes the store's events into this test's stream, in order, until stopped
-    /// (a stand-in for the outbox relay).
-    pub fn relay(&self, mut stop: watch::Receiver<bool>) {
-        let pool = self.pool.clone();
-        let js = async_nats::jetstream::new(self.nats.clone());
-        let prefix = self.config.events_subject_prefix.clone();
-        tokio::spawn(async move {
-            let mut after = 0i64;
-            loop {
-                let events = migrations::read_feed(&pool, after, 100).await.unwrap_or_default();
-                for e in &events {
-                    let body = serde_json::json!({
-                        "event_id": e.event_id(),
-                        "position": e.position,
-                        "aggregate_type": e.aggregate_type,
-                        "aggregate_id": e.aggregate_id,
-                        "sequence": e.sequence,
-                        "event_type": e.event_type,
-                        "event_version": e.event_version,
-                        "payload": e.payload,
-                        "metadata": e.metadata,
-                    });
-                    let subject = format!("{prefix}.{}.{}", e.aggregate_type, e.event_type);
-                    let ack = js
-                        .publish(subject, body.to_string().into())
-                        .await
-                        .expect("publish");
-                    ack.await.expect("publish ack");
-                    after = e.position;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = stop.changed() => break,
-                }
-            }
-        });
+    /// Runs the outbox relay (`projections::relay`) into this test's stream until
+    /// stopped.
+    pub async fn relay(&self, stop: watch::Receiver<bool>) {
+        let config = projections::relay::RelayConfig {
+            stream: self.config.events_stream.clone(),
+            subject_prefix: self.config.events_subject_prefix.clone(),
+            batch: 500,
+        };
+        let relay = projections::relay::Relay::new(self.pool.clone(), self.nats.clone(), config)
+            .await
+            .expect("the relay starts");
+        tokio::spawn(relay.run(stop));
+    }
+
+    /// Projects everything so far into the read models.
+    pub async fn project(&self) {
+        while projections::run_batch(&self.pool, &projections::RidesProjector, 1000)
+            .await
+            .expect("project")
+            > 0
+        {}
+    }
+
+    /// A passenger's match, proposed to `driver`, accepted and confirmed, and its ride
+    /// created: returns the ride id.
+    pub async fn ride_between(&self, passenger: UserId, driver: UserId) -> (MatchId, RideId) {
+        let passenger = Actor::new(passenger, Role::Passenger);
+        let driver = Actor::new(driver, Role::Driver);
+        let ack = self
+            .bus
+            .dispatch(
+                passenger,
+                Some(&Uuid::now_v7().to_string()),
+                ClientCommand::RequestMatch {
+                    pickup: pickup(),
+                    destination: destination(),
+                },
+            )
+            .await;
+        assert!(ack.ok, "{ack:?}");
+        let match_id: MatchId = ack.result.as_ref().unwrap()["match_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.propose(match_id, &[driver.user_id]).await;
+        for (actor, accepted) in [(driver, true), (passenger, true)] {
+            let ack = self
+                .bus
+                .dispatch(
+                    actor,
+                    Some(&Uuid::now_v7().to_string()),
+                    ClientCommand::MatchConfirm { match_id, accepted },
+                )
+                .await;
+            assert!(ack.ok, "{ack:?}");
+        }
+        commands::process::create_rides_once(&self.bus).await.unwrap();
+        let ride: Uuid = sqlx::query_scalar(
+            "SELECT aggregate_id FROM events WHERE aggregate_type = 'ride' AND event_type = 'created' \
+             AND payload->>'match_id' = $1",
+        )
+        .bind(match_id.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        (match_id, RideId::from_uuid(ride))
+    }
+
+    /// The matcher's part: propose `match_id` to `drivers`.
+    pub async fn propose(&self, match_id: MatchId, drivers: &[UserId]) {
+        let candidates = drivers
+            .iter()
+            .map(|d| Candidate {
+                driver_id: *d,
+                distance_km: 1.2,
+                eta_seconds: 180,
+            })
+            .collect();
+        let env = Envelope::system(format!("propose:{match_id}:{}", Uuid::now_v7()), None);
+        let ack = commands::bus::answer(
+            self.bus
+                .matches()
+                .execute(match_id.as_uuid(), &env, &MatchCommand::Propose { candidates })
+                .await
+                .unwrap(),
+        );
+        assert!(ack.ok, "{ack:?}");
     }
 
     /// Deletes this test's stream.
@@ -288,4 +343,12 @@ impl App {
 
 fn rand_digits() -> u32 {
     (Uuid::new_v4().as_u128() % 10_000_000) as u32
+}
+
+pub fn pickup() -> GeoPoint {
+    GeoPoint::new(-6.2, 106.8).unwrap()
+}
+
+pub fn destination() -> GeoPoint {
+    GeoPoint::new(-6.17, 106.82).unwrap()
 }
