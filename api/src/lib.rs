@@ -309,6 +309,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Only the operator endpoints (`/healthz`, `/readyz`, `/metrics`), for a process that
+/// runs without the `api` role.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .layer(axum::middleware::from_fn(trace_requests))
+        .with_state(state)
+}
+
 /// A span per request with its own id; the path only, never the query (a browser's
 /// `?token=` must not reach the logs).
 async fn trace_requests(
