@@ -99,7 +99,8 @@ async fn main() -> anyhow::Result<()> {
         Command::User {
             command: UserCommand::CreateAnalyst { msisdn, fullname },
         } => {
-            let msisdn = domain::msisdn::Msisdn::parse(&msisdn).map_err(|e| anyhow::anyhow!("--msisdn: {}", e.message))?;
+            let msisdn = domain::msisdn::Msisdn::parse(&msisdn)
+                .map_err(|e| anyhow::anyhow!("--msisdn: {}", e.message))?;
             let pool = startup::connect(&config).await?;
             migrations::run(&pool).await?;
             let now = commands::clock::Clock::now(&commands::clock::SystemClock);

@@ -33,10 +33,18 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 pub async fn connect_redis(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
     let client = redis::Client::open(config.redis_url.as_str())
         .with_context(|| format!("REDIS_URL={} is not a Redis URL", config.redis_url))?;
-    tokio::time::timeout(Duration::from_secs(10), redis::aio::ConnectionManager::new(client))
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from Redis at REDIS_URL={} within 10 s", config.redis_url))?
-        .with_context(|| format!("cannot connect to Redis at REDIS_URL={}", config.redis_url))
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        redis::aio::ConnectionManager::new(client),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "no answer from Redis at REDIS_URL={} within 10 s",
+            config.redis_url
+        )
+    })?
+    .with_context(|| format!("cannot connect to Redis at REDIS_URL={}", config.redis_url))
 }
 
 /// The edge's settings from the process configuration.
