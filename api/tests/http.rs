@@ -486,3 +486,18 @@ async fn ride_lists_page_with_a_cursor() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn the_websocket_endpoint_asks_for_a_token_before_anything_else() {
+    let app = app().await;
+    let (status, body) = app.call(Method::GET, "/ws", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (_, token) = app.user(Role::Passenger).await;
+    // A valid token on a request that is no upgrade is a client error, not a session.
+    let (status, _) = app.call(Method::GET, "/ws", Some(&token), None).await;
+    assert!(
+        status.is_client_error() && status != StatusCode::UNAUTHORIZED,
+        "{status}"
+    );
+}

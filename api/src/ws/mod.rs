@@ -7,6 +7,7 @@ pub mod registry;
 pub mod session;
 pub mod state;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -28,13 +29,16 @@ pub struct TokenQuery {
 /// before it gives up itself: between the two, the session closes with 1009.
 const TRANSPORT_SLACK: usize = 16;
 
-/// `GET /ws`: 401 for a missing, bad or expired token; otherwise the upgrade.
+/// `GET /ws`: 401 for a missing, bad or expired token (checked before anything else,
+/// so even a request that is no upgrade at all learns it needs a token first);
+/// otherwise the upgrade.
 pub async fn upgrade(
     State(state): State<AppState>,
-    Query(query): Query<TokenQuery>,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let query = query.map_or(TokenQuery { token: None }, |Query(q)| q);
     let token = crate::token::bearer(&headers).map(str::to_owned).or(query.token);
     let Some(token) = token else {
         return ApiError::Unauthorized("a bearer token or ?token= is required".into()).into_response();
@@ -42,6 +46,10 @@ pub async fn upgrade(
     let actor = match state.tokens().verify(&token) {
         Ok(actor) => actor,
         Err(e) => return ApiError::Unauthorized(e.to_string()).into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
     };
     let max = state.config().max_frame_bytes;
     ws.max_message_size(max.saturating_mul(TRANSPORT_SLACK))
