@@ -16,7 +16,8 @@
 //!   models (`rides`, `billing_ledger`, `payments`).
 //! - [`ws`]: the WebSocket protocol. [`ws::session`] is the socket loop, written over
 //!   any `Sink`/`Stream` so it is tested with channels; [`ws::registry`] maps users to
-//!   their open sockets; [`ws::feed`] turns the JetStream event feed into pushes;
+//!   their open sockets; [`ws::feed`] turns the JetStream event feed into pushes (and notes pending
+//!   proposals in [`ws::proposals`]);
 //!   [`ws::state`] builds the `session_state` frame sent first on every connect.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //!
@@ -62,6 +63,7 @@ pub use error::ApiError;
 use crate::otp::{OtpPolicy, OtpStore};
 use crate::sms::SmsSender;
 use crate::token::Tokens;
+use crate::ws::proposals::Proposals;
 use crate::ws::registry::Registry;
 
 /// The edge's settings (read from the environment by the binary).
@@ -136,6 +138,7 @@ struct Inner {
     tokens: Tokens,
     clock: Arc<dyn Clock>,
     registry: Registry,
+    proposals: Proposals,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -193,6 +196,7 @@ impl AppState {
                 tokens,
                 clock: deps.clock,
                 registry: Registry::default(),
+                proposals: Proposals::default(),
                 metrics: deps.metrics,
             }),
         }
@@ -237,6 +241,10 @@ impl AppState {
     /// The open sockets of this process.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+    /// The proposals pending for drivers, as this process's feed saw them.
+    pub fn proposals(&self) -> &Proposals {
+        &self.inner.proposals
     }
     /// The metrics handle.
     pub fn metrics(&self) -> Option<&PrometheusHandle> {

@@ -380,6 +380,12 @@ async fn pushes_follow_the_feed_to_whichever_process_holds_the_socket() {
     assert_eq!(proposal["data"]["eta_seconds"], 180);
     assert!(proposal["data"]["fare_estimate"].as_i64().unwrap() >= 5000);
     assert!(proposal.get("id").is_none(), "pushes carry no id");
+    // A driver who reconnects during the proposal sees it again.
+    drop(d);
+    let (mut d, state) = connect(addr_b, &driver_token).await;
+    assert_eq!(state["data"]["match"]["match_id"], json!(match_id), "{state}");
+    assert_eq!(state["data"]["match"]["status"], "PROPOSED");
+    assert_eq!(state["data"]["match"]["eta_seconds"], 180);
 
     let ack = command(
         &mut d,

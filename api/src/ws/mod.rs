@@ -3,6 +3,7 @@
 //! [`feed`] derives from the event feed.
 
 pub mod feed;
+pub mod proposals;
 pub mod registry;
 pub mod session;
 pub mod state;

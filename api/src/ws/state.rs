@@ -122,12 +122,35 @@ pub async fn session_state(state: &AppState, actor: Actor) -> Result<Value, ApiE
             let loaded = state.bus().rides().load(id).await?;
             open_ride = ride_view(&loaded.state);
         }
-        _ => {}
+        _ => {
+            if actor.role == domain::Role::Driver {
+                open_match = pending_proposal(state, actor.user_id).await?;
+            }
+        }
     }
     Ok(push(
         "session_state",
         json!({ "match": open_match, "ride": open_ride }),
     ))
+}
+
+/// A proposal still pending for `driver` (checked against the match itself), shown
+/// like a match with the driver's own distance and ETA.
+async fn pending_proposal(state: &AppState, driver: UserId) -> Result<Value, ApiError> {
+    for match_id in state.proposals().of(driver) {
+        let loaded = state.bus().matches().load(match_id.as_uuid()).await?;
+        let m = &loaded.state;
+        let Some(candidate) = m.candidates().iter().find(|c| c.driver_id == driver).copied() else {
+            continue;
+        };
+        let mut view = match_view(state, m).await?;
+        if let Some(map) = view.as_object_mut() {
+            map.insert("distance_km".into(), json!(candidate.distance_km));
+            map.insert("eta_seconds".into(), json!(candidate.eta_seconds));
+        }
+        return Ok(view);
+    }
+    Ok(Value::Null)
 }
 
 /// One event of the feed (the JetStream envelope; only what the pushes need).
@@ -149,7 +172,11 @@ pub struct FeedEvent {
 pub async fn pushes_for(state: &AppState, event: &FeedEvent) -> Result<Vec<(UserId, Value)>, ApiError> {
     match event.aggregate_type.as_str() {
         "match" => match parse_event::<MatchEvent>(&event.event_type, &event.payload) {
-            Ok(e) => match_pushes(state, MatchId::from_uuid(event.aggregate_id), e).await,
+            Ok(e) => {
+                let match_id = MatchId::from_uuid(event.aggregate_id);
+                state.proposals().note(match_id, &e);
+                match_pushes(state, match_id, e).await
+            }
             Err(error) => {
                 tracing::warn!(%error, position = event.position, "unreadable match event on the feed");
                 Ok(Vec::new())
