@@ -405,19 +405,22 @@ pub struct RevenueQuery {
     pub bucket: Option<Bucket>,
 }
 
-/// One bucket of completed rides.
+/// One bucket of completed rides (a row of the SQL function `analytics_revenue`, see
+/// `docs/read-models.md`).
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct RevenueBucket {
     /// The bucket's start (UTC).
     pub bucket_start: DateTime<Utc>,
-    /// Completed rides.
-    pub trips: i64,
-    /// What passengers paid.
-    pub gross: i64,
+    /// Rides completed in it.
+    pub rides: i64,
+    /// What passengers paid (adjusted fares).
+    pub revenue: i64,
     /// The platform's admin fees.
     pub admin_fees: i64,
     /// What drivers earned.
     pub driver_payouts: i64,
+    /// Billed kilometres.
+    pub distance_km: f64,
 }
 
 /// Revenue over time.
@@ -451,11 +454,8 @@ pub async fn revenue(
         Bucket::Day => "day",
     };
     let buckets: Vec<RevenueBucket> = sqlx::query_as(
-        "SELECT date_trunc($1, completed_at, 'UTC') AS bucket_start, count(*) AS trips, \
-         COALESCE(sum(adjusted_fare), 0)::bigint AS gross, COALESCE(sum(admin_fee), 0)::bigint AS admin_fees, \
-         COALESCE(sum(driver_payout), 0)::bigint AS driver_payouts \
-         FROM rides WHERE status = 'COMPLETED' AND completed_at >= $2 AND completed_at < $3 \
-         GROUP BY 1 ORDER BY 1",
+        "SELECT bucket_start, rides, revenue, admin_fees, driver_payouts, \
+         COALESCE(distance_km, 0)::float8 AS distance_km FROM analytics_revenue($1, $2, $3)",
     )
     .bind(bucket)
     .bind(from)

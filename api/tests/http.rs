@@ -501,3 +501,64 @@ async fn the_websocket_endpoint_asks_for_a_token_before_anything_else() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn analysts_see_the_ledger_payments_and_revenue_of_a_completed_ride() {
+    let app = app().await;
+    let (_, analyst) = app.user(Role::Analyst).await;
+    let (passenger, _) = app.user(Role::Passenger).await;
+    let (driver, _) = app.driver().await;
+    let (_, ride) = app.ride_between(passenger, driver).await;
+    app.complete_ride(ride, passenger, driver).await;
+    app.project().await;
+
+    let (status, ledger) = app
+        .call(
+            Method::GET,
+            &format!("/v1/billing/ledger?ride_id={ride}"),
+            Some(&analyst),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ledger}");
+    assert_eq!(ledger["total"], 5000, "{ledger}");
+    assert_eq!(ledger["entries"][0]["kind"], "minimum_fare");
+
+    let (_, payments) = app
+        .call(Method::GET, "/v1/payments?status=accepted", Some(&analyst), None)
+        .await;
+    let payments = payments["payments"].as_array().unwrap();
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0]["ride_id"], json!(ride));
+    assert_eq!(
+        (&payments[0]["admin_fee"], &payments[0]["driver_payout"]),
+        (&json!(250), &json!(4750))
+    );
+
+    let (status, revenue) = app
+        .call(
+            Method::GET,
+            "/v1/analytics/revenue?from=2026-11-22T00:00:00Z&to=2026-11-23T00:00:00Z&bucket=hour",
+            Some(&analyst),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revenue}");
+    let buckets = revenue["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 1, "{revenue}");
+    assert_eq!(buckets[0]["bucket_start"], "2026-11-22T08:00:00Z");
+    assert_eq!(
+        (&buckets[0]["rides"], &buckets[0]["revenue"]),
+        (&json!(1), &json!(5000))
+    );
+    assert_eq!(
+        (&buckets[0]["admin_fees"], &buckets[0]["driver_payouts"]),
+        (&json!(250), &json!(4750))
+    );
+
+    let (_, ride_row) = app
+        .call(Method::GET, &format!("/v1/rides/{ride}"), Some(&analyst), None)
+        .await;
+    assert_eq!(ride_row["status"], "COMPLETED");
+    assert_eq!(ride_row["adjusted_fare"], 5000);
+}

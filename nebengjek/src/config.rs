@@ -35,6 +35,11 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `DATABASE_MAX_CONNECTIONS`.
     pub database_max_connections: u32,
+    /// `EVENTS_STREAM` (`EVENTS`) and `EVENTS_SUBJECT_PREFIX` (`events`): where the
+    /// outbox relay publishes the event feed.
+    pub events_stream: String,
+    /// See `events_stream`.
+    pub events_subject_prefix: String,
     /// The business parameters (`BILLING_*`, `MATCHING_*`, `TRIP_*`, `SERVICE_AREA_*`).
     pub policy: Policy,
     /// `APP_ENV` (`development` by default, or `production`).
@@ -45,10 +50,6 @@ pub struct Config {
     pub auth_dev_echo_otp: bool,
     /// `REDIS_KEY_PREFIX`: prepended to the edge's Redis keys.
     pub redis_key_prefix: String,
-    /// `EVENTS_STREAM`: the JetStream stream of the event feed.
-    pub events_stream: String,
-    /// `EVENTS_SUBJECT_PREFIX`: the feed's subjects are `<prefix>.<aggregate>.<event>`.
-    pub events_subject_prefix: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -89,19 +90,6 @@ fn app_env() -> anyhow::Result<AppEnv> {
     }
 }
 
-fn name(name: &str, default: &str) -> anyhow::Result<String> {
-    let value = var(name).unwrap_or_else(|| default.to_owned());
-    let ok = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok && !value.starts_with('.') && !value.ends_with('.') {
-        Ok(value)
-    } else {
-        bail!("{name}={value:?} is not valid: letters, digits, '_', '-' and inner '.' only")
-    }
-}
-
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -124,6 +112,19 @@ fn positive(name: &str, value: f64) -> anyhow::Result<f64> {
         Ok(value)
     } else {
         bail!("{name} must be a positive number, got {value}")
+    }
+}
+
+/// A NATS stream name or subject token: letters, digits, `_` and `-` only.
+fn nats_token(name: &str, default: &str) -> anyhow::Result<String> {
+    let value = var(name).unwrap_or_else(|| default.to_owned());
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Ok(value)
+    } else {
+        bail!("{name}={value:?} must be letters, digits, '_' or '-' only")
     }
 }
 
@@ -189,13 +190,13 @@ impl Config {
             http_addr: parse("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))
                 .context("HTTP_ADDR must be host:port")?,
             database_max_connections: parse("DATABASE_MAX_CONNECTIONS", 20u32)?,
+            events_stream: nats_token("EVENTS_STREAM", "EVENTS")?,
+            events_subject_prefix: nats_token("EVENTS_SUBJECT_PREFIX", "events")?,
             policy,
             app_env: app_env()?,
             jwt_secret: var("JWT_SECRET"),
             auth_dev_echo_otp: parse("AUTH_DEV_ECHO_OTP", false)?,
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
-            events_stream: name("EVENTS_STREAM", "EVENTS")?,
-            events_subject_prefix: name("EVENTS_SUBJECT_PREFIX", "events")?,
         })
     }
 }

@@ -65,6 +65,8 @@ pub enum Role {
     Commands,
     /// The process manager and the deadline scheduler.
     Matcher,
+    /// The read-model projectors and the outbox relay to JetStream.
+    Projections,
 }
 
 fn init_tracing(default: &str) {

@@ -114,6 +114,29 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             stopped.clone(),
         )));
     }
+    if matches!(role, Role::All | Role::Projections) {
+        let projectors: Vec<Arc<dyn projections::Projector>> = vec![
+            Arc::new(projections::RidesProjector),
+            Arc::new(projections::MatchesProjector),
+        ];
+        tasks.push(tokio::spawn(projections::run(
+            pool.clone(),
+            projectors,
+            stopped.clone(),
+        )));
+        let relay = projections::relay::Relay::new(
+            pool.clone(),
+            nats.clone(),
+            projections::relay::RelayConfig {
+                stream: config.events_stream.clone(),
+                subject_prefix: config.events_subject_prefix.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot set up the outbox relay (is JetStream enabled on NATS?)")?;
+        tasks.push(tokio::spawn(relay.run(stopped.clone())));
+    }
 
     let state = api::AppState::new(
         api_config,

@@ -81,13 +81,14 @@ pub async fn verify(
     scratch: bool,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<VerifyReport, anyhow::Error> {
+    // Without a window the parameters still bind, to a filter PostgreSQL evaluates once.
     let scope = match window {
-        None => String::new(),
+        None => " WHERE $1::timestamptz <= $2::timestamptz".to_owned(),
         Some(_) => " WHERE (aggregate_type, aggregate_id) IN (SELECT DISTINCT aggregate_type, aggregate_id \
                     FROM events WHERE recorded_at >= $1 AND recorded_at < $2)"
             .to_owned(),
     };
-    let (from, to) = window.unwrap_or((DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC));
+    let (from, to) = window.unwrap_or((DateTime::<Utc>::UNIX_EPOCH, DateTime::<Utc>::UNIX_EPOCH));
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM events{scope}"))
         .bind(from)
         .bind(to)

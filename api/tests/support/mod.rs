@@ -309,6 +309,42 @@ impl App {
         (match_id, RideId::from_uuid(ride))
     }
 
+    /// Drives a ride from PENDING to COMPLETED at the minimum fare (no trip points).
+    pub async fn complete_ride(&self, ride: RideId, passenger: UserId, driver: UserId) {
+        let driver = Actor::new(driver, Role::Driver);
+        let passenger = Actor::new(passenger, Role::Passenger);
+        let id = || Some(Uuid::now_v7().to_string());
+        let steps = [
+            (
+                driver,
+                ClientCommand::BeaconUpdate {
+                    is_active: true,
+                    point: pickup(),
+                },
+            ),
+            (driver, ClientCommand::RideStart { ride_id: ride }),
+            (
+                driver,
+                ClientCommand::RideArrived {
+                    ride_id: ride,
+                    adjustment_factor: None,
+                },
+            ),
+            (
+                passenger,
+                ClientCommand::PaymentProcess {
+                    ride_id: ride,
+                    amount: 5000,
+                    accepted: true,
+                },
+            ),
+        ];
+        for (actor, command) in steps {
+            let ack = self.bus.dispatch(actor, id().as_deref(), command).await;
+            assert!(ack.ok, "{ack:?}");
+        }
+    }
+
     /// The matcher's part: propose `match_id` to `drivers`.
     pub async fn propose(&self, match_id: MatchId, drivers: &[UserId]) {
         let candidates = drivers
