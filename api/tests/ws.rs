@@ -229,6 +229,12 @@ async fn a_resent_frame_id_gets_the_first_answer_and_writes_nothing_more() {
     let other = json!({"is_active": true, "pickup": destination(), "destination": pickup()});
     let resent = command(&mut ws, "req-1", "finder_update", other).await;
     assert_eq!(resent, first);
+    // And on another process of the same deployment.
+    let other = app_on(app.pool.clone(), app.config.clone()).await;
+    let (addr_b, _stop_b) = other.serve().await;
+    let (mut ws_b, _) = connect(addr_b, &token).await;
+    let resent = command(&mut ws_b, "req-1", "finder_update", json!({"is_active": false})).await;
+    assert_eq!(resent, first);
     assert_eq!(events(&app).await, written);
     // A new id is a new command (refused: the passenger is already searching).
     let ack = command(
