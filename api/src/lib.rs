@@ -335,13 +335,24 @@ async fn trace_requests(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use tracing::Instrument as _;
+    // The route template (`/v1/rides/{id}`), never the raw path, labels the metrics.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let span = tracing::info_span!(
         "request",
         request_id = %uuid::Uuid::now_v7(),
         method = %request.method(),
         path = %request.uri().path(),
     );
+    let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    let status = response.status().as_u16();
+    metrics::counter!("nebengjek_http_requests_total", "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("nebengjek_http_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    span.in_scope(|| tracing::debug!(status, "answered"));
     response
 }

@@ -200,3 +200,39 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test owns the process environment (tests in one binary share it).
+    #[test]
+    fn app_env_decides_whether_jwt_secret_is_required() {
+        std::env::remove_var("JWT_SECRET");
+        std::env::set_var("APP_ENV", "production");
+        let config = Config::from_env().unwrap();
+        let error = config.jwt_secret().unwrap_err().to_string();
+        assert!(error.contains("JWT_SECRET"), "{error}");
+
+        std::env::set_var("JWT_SECRET", "s3cret");
+        assert_eq!(Config::from_env().unwrap().jwt_secret().unwrap(), "s3cret");
+
+        std::env::remove_var("JWT_SECRET");
+        std::env::set_var("APP_ENV", "development");
+        assert_eq!(
+            Config::from_env().unwrap().jwt_secret().unwrap(),
+            DEVELOPMENT_JWT_SECRET
+        );
+
+        std::env::set_var("APP_ENV", "staging");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("APP_ENV"), "{error}");
+
+        std::env::set_var("APP_ENV", "development");
+        std::env::set_var("AUTH_DEV_ECHO_OTP", "maybe");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("AUTH_DEV_ECHO_OTP"), "{error}");
+        std::env::remove_var("AUTH_DEV_ECHO_OTP");
+        std::env::remove_var("APP_ENV");
+    }
+}

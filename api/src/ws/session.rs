@@ -180,10 +180,16 @@ pub async fn answer(text: &str, actor: Actor, commands: &dyn Dispatch) -> Value 
         .cloned()
         .unwrap_or_else(|| Value::Object(Map::new()));
     let span = tracing::info_span!("ws_frame", frame_id = %key, kind, user_id = %actor.user_id);
+    let started = std::time::Instant::now();
     let ack = match ClientCommand::parse(kind, &data) {
         Err(refusal) => Ack::refused(&refusal),
         Ok(command) => commands.dispatch(actor, &key, command).instrument(span).await,
     };
+    let outcome = ack.code().map_or("ok", |c| c.as_str());
+    metrics::counter!("nebengjek_ws_commands_total", "type" => kind.to_owned(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("nebengjek_ws_command_seconds", "type" => kind.to_owned())
+        .record(started.elapsed().as_secs_f64());
     ack_frame(&id, &ack)
 }
 
