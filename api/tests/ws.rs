@@ -449,6 +449,17 @@ async fn pushes_follow_the_feed_to_whichever_process_holds_the_socket() {
         assert_eq!(started["data"]["ride_id"], ride_id);
         assert!(started["data"]["started_at"].as_str().unwrap().ends_with('Z'));
     }
+    // A trip point 2 km north a minute later is billed before its ack.
+    b.clock.advance(chrono::TimeDelta::seconds(60));
+    let ack = command(
+        &mut d,
+        "5b",
+        "location_update",
+        json!({"lat": here.lat() + 0.018, "lon": here.lon()}),
+    )
+    .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert!(ack["result"].get("rejected").is_none(), "{ack}");
     let ack = command(
         &mut d,
         "6",
@@ -458,16 +469,20 @@ async fn pushes_follow_the_feed_to_whichever_process_holds_the_socket() {
     .await;
     assert_eq!(ack["result"]["status"], "ARRIVED", "{ack}");
     let request = next_of(&mut p, "payment_request").await;
-    assert_eq!(request["data"]["fare"], 5000, "{request}");
-    assert_eq!(request["data"]["amount"], 4000);
-    assert_eq!(request["data"]["admin_fee"], 200);
-    assert_eq!(request["data"]["driver_payout"], 3800);
+    let km = request["data"]["distance_km"].as_f64().unwrap();
+    assert!((km - 2.0).abs() < 0.05, "{request}");
+    let fare = request["data"]["fare"].as_i64().unwrap();
+    assert_eq!(fare, (km * 3000.0).round() as i64, "{request}");
+    let amount = fare * 8 / 10;
+    assert_eq!(request["data"]["amount"], amount);
+    assert_eq!(request["data"]["admin_fee"], amount * 5 / 100);
+    assert_eq!(request["data"]["driver_payout"], amount - amount * 5 / 100);
 
     let ack = command(
         &mut p,
         "7",
         "payment_process",
-        json!({"ride_id": ride_id, "amount": 4000, "accepted": true}),
+        json!({"ride_id": ride_id, "amount": amount, "accepted": true}),
     )
     .await;
     assert_eq!(ack["result"]["status"], "COMPLETED", "{ack}");
@@ -475,7 +490,7 @@ async fn pushes_follow_the_feed_to_whichever_process_holds_the_socket() {
         let done = next_of(ws, "ride_completed").await;
         assert_eq!(done["data"]["ride"]["ride_id"], ride_id);
         assert_eq!(done["data"]["ride"]["status"], "COMPLETED");
-        assert_eq!(done["data"]["payment"]["adjusted_cost"], 4000);
+        assert_eq!(done["data"]["payment"]["adjusted_cost"], amount);
         assert_eq!(done["data"]["payment"]["status"], "ACCEPTED");
     }
     let _ = stop.send(true);
