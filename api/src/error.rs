@@ -25,7 +25,10 @@ pub enum ApiError {
     /// A missing, malformed, expired or wrong credential (token or OTP).
     #[error("unauthorized: {0}")]
     Unauthorized(String),
-    /// The request body or query could not be read.
+    /// The request body is not JSON at all (400 `invalid_payload`).
+    #[error("invalid payload: {0}")]
+    Payload(String),
+    /// The request body or query could not be read into the expected fields.
     #[error("validation failed: {message}")]
     Input {
         /// For people.
@@ -96,6 +99,12 @@ impl ApiError {
                 e.message.clone(),
                 None,
             ),
+            ApiError::Payload(message) => (
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidPayload.as_str().into(),
+                message.clone(),
+                None,
+            ),
             ApiError::Unauthorized(message) => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized".into(),
@@ -160,9 +169,14 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        ApiError::Input {
-            message: rejection.body_text(),
-            details: None,
+        match rejection {
+            // Valid JSON without the expected fields: the input is wrong.
+            JsonRejection::JsonDataError(e) => ApiError::Input {
+                message: e.body_text(),
+                details: None,
+            },
+            // Not JSON, not declared as JSON, or unreadable: not a payload at all.
+            other => ApiError::Payload(other.body_text()),
         }
     }
 }

@@ -562,3 +562,20 @@ async fn analysts_see_the_ledger_payments_and_revenue_of_a_completed_ride() {
     assert_eq!(ride_row["status"], "COMPLETED");
     assert_eq!(ride_row["adjusted_fare"], 5000);
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_invalid_payload() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let app = app().await;
+    let request = axum::http::Request::post("/v1/auth/otp")
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let response = api::router(app.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "invalid_payload");
+}
