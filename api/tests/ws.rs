@@ -563,3 +563,25 @@ async fn cancellations_and_withdrawals_are_pushed() {
     let _ = stop.send(true);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_process_going_away_closes_its_sockets_with_1001() {
+    let app = app().await;
+    let (addr, _stop) = app.serve().await;
+    let (_, token) = app.user(Role::Passenger).await;
+    let (mut ws, _) = connect(addr, &token).await;
+    app.state.registry().close_all();
+    let code = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(u16::from(frame.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(code, Some(1001));
+    app.cleanup().await;
+}

@@ -150,6 +150,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             metrics: Some(metrics),
         },
     );
+    let registry = state.registry().clone();
     let app = if serves_api {
         tasks.push(
             api::ws::feed::start(state.clone(), nats.clone(), stopped.clone())
@@ -170,7 +171,12 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, ?role, %store_id, "nebengjek is serving");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // WebSockets never end by themselves: tell them to go (1001) so apps
+            // reconnect to another process, and the server can drain.
+            registry.close_all();
+        })
         .await?;
     let _ = stop.send(true);
     for task in tasks {

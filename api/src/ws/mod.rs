@@ -68,7 +68,14 @@ pub async fn upgrade(
                 }
             };
             let (sink, stream) = socket.split();
-            session::run(sink, stream, actor, state.bus(), first, pushes, max).await;
+            let session = session::Session {
+                actor,
+                first,
+                pushes,
+                closing: state.registry().closing(),
+                max_frame_bytes: max,
+            };
+            session::run(sink, stream, state.bus(), session).await;
             drop(registration);
             }
             .instrument(span)

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use domain::UserId;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Pushes buffered per socket before it counts as too slow.
 pub const PUSH_BUFFER: usize = 256;
@@ -24,10 +24,21 @@ pub struct Registry {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     sockets: Mutex<Senders>,
     next: AtomicU64,
+    closing: watch::Sender<bool>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            sockets: Mutex::default(),
+            next: AtomicU64::default(),
+            closing: watch::channel(false).0,
+        }
+    }
 }
 
 /// A socket's place in the registry; dropping it removes the socket.
@@ -102,6 +113,17 @@ impl Registry {
             sockets.remove(&user);
         }
         delivered
+    }
+
+    /// Tells every session of this process to close (1001, going away), so that apps
+    /// reconnect to another process; called when the process shuts down.
+    pub fn close_all(&self) {
+        self.shared.closing.send_replace(true);
+    }
+
+    /// Turns `true` when the process is going away.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.shared.closing.subscribe()
     }
 
     /// How many sockets `user` has here.

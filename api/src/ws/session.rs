@@ -14,7 +14,7 @@ use commands::{Ack, CommandBus};
 use domain::{Actor, ErrorCode};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 /// The command side, as the socket sees it.
@@ -35,21 +35,38 @@ impl Dispatch for CommandBus {
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The close code when the server drops a socket that cannot keep up with its pushes.
 pub const TOO_SLOW: u16 = 1008;
+/// The close code when the process shuts down.
+pub const GOING_AWAY: u16 = 1001;
+
+/// What a session runs with besides its socket.
+#[derive(Debug)]
+pub struct Session {
+    /// Who is connected.
+    pub actor: Actor,
+    /// Sent before anything else (`session_state`).
+    pub first: Vec<Value>,
+    /// This socket's pushes.
+    pub pushes: mpsc::Receiver<Value>,
+    /// Turns `true` when the process goes away.
+    pub closing: watch::Receiver<bool>,
+    /// The largest frame accepted.
+    pub max_frame_bytes: usize,
+}
 
 /// Runs one connection to its end.
-pub async fn run<S, R, E>(
-    mut sink: S,
-    mut stream: R,
-    actor: Actor,
-    commands: &dyn Dispatch,
-    first: Vec<Value>,
-    mut pushes: mpsc::Receiver<Value>,
-    max_frame_bytes: usize,
-) where
+pub async fn run<S, R, E>(mut sink: S, mut stream: R, commands: &dyn Dispatch, session: Session)
+where
     S: Sink<Message> + Unpin + Send,
     R: Stream<Item = Result<Message, E>> + Unpin + Send,
     E: std::fmt::Display,
 {
+    let Session {
+        actor,
+        first,
+        mut pushes,
+        mut closing,
+        max_frame_bytes,
+    } = session;
     for frame in first {
         if send(&mut sink, &frame).await.is_err() {
             return;
@@ -57,6 +74,10 @@ pub async fn run<S, R, E>(
     }
     loop {
         tokio::select! {
+            () = going_away(&mut closing) => {
+                close(&mut sink, GOING_AWAY, "the server is restarting; reconnect").await;
+                break;
+            }
             incoming = stream.next() => {
                 let text = match incoming {
                     None | Some(Ok(Message::Close(_))) => break,
@@ -109,6 +130,19 @@ pub async fn run<S, R, E>(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Resolves once `closing` turns `true` (never, if its sender is gone).
+async fn going_away(closing: &mut watch::Receiver<bool>) {
+    loop {
+        let going = *closing.borrow_and_update();
+        if going {
+            return;
+        }
+        if closing.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -225,16 +259,15 @@ mod tests {
         drop(client_tx);
         let recorder = Recorder::default();
         let (_push_tx, pushes) = mpsc::channel(4);
-        run(
-            server_tx,
-            server_rx,
-            actor(),
-            &recorder,
-            vec![json!({"type": "session_state"})],
+        let (_closing_tx, closing) = watch::channel(false);
+        let session = Session {
+            actor: actor(),
+            first: vec![json!({"type": "session_state"})],
             pushes,
-            1024,
-        )
-        .await;
+            closing,
+            max_frame_bytes: 1024,
+        };
+        run(server_tx, server_rx, &recorder, session).await;
         let out: Vec<Message> = server_out.collect().await;
         (out, recorder.0.into_inner().unwrap())
     }
@@ -318,21 +351,58 @@ mod tests {
         assert!(dispatched.is_empty());
     }
 
+    fn session(pushes: mpsc::Receiver<Value>, closing: watch::Receiver<bool>) -> Session {
+        Session {
+            actor: actor(),
+            first: Vec::new(),
+            pushes,
+            closing,
+            max_frame_bytes: 1024,
+        }
+    }
+
     #[tokio::test]
     async fn pushes_are_forwarded_between_answers() {
         let (client_tx, server_rx) = fmpsc::unbounded::<Result<Message, std::convert::Infallible>>();
         let (server_tx, mut server_out) = fmpsc::unbounded::<Message>();
         let (push_tx, pushes) = mpsc::channel(4);
+        let (_closing_tx, closing) = watch::channel(false);
         let recorder = Recorder::default();
-        let session = async {
-            run(server_tx, server_rx, actor(), &recorder, Vec::new(), pushes, 1024).await;
-        };
+        let run = run(server_tx, server_rx, &recorder, session(pushes, closing));
         let drive = async {
             push_tx.send(json!({"type": "ride_started"})).await.unwrap();
             let first = server_out.next().await.unwrap();
             assert_eq!(text(&first)["type"], "ride_started");
             drop(client_tx);
         };
-        tokio::join!(session, drive);
+        tokio::join!(run, drive);
+    }
+
+    #[tokio::test]
+    async fn a_process_going_away_closes_its_sockets_with_1001() {
+        let (_client_tx, server_rx) = fmpsc::unbounded::<Result<Message, std::convert::Infallible>>();
+        let (server_tx, mut server_out) = fmpsc::unbounded::<Message>();
+        let (_push_tx, pushes) = mpsc::channel(4);
+        let registry = super::super::registry::Registry::default();
+        let recorder = Recorder::default();
+        let run = run(
+            server_tx,
+            server_rx,
+            &recorder,
+            session(pushes, registry.closing()),
+        );
+        let drive = async {
+            registry.close_all();
+            match server_out.next().await {
+                Some(Message::Close(Some(frame))) => assert_eq!(frame.code, GOING_AWAY),
+                other => panic!("expected a close, got {other:?}"),
+            }
+        };
+        // The session ends by itself although the client never closed.
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::join!(run, drive)
+        })
+        .await
+        .expect("the session ends");
     }
 }
