@@ -366,7 +366,7 @@ impl App {
         assert!(ack.ok, "{ack:?}");
     }
 
-    /// Deletes this test's stream.
+    /// Deletes this test's stream (also done on drop, so a failing test leaves none).
     pub async fn cleanup(&self) {
         let js = async_nats::jetstream::new(self.nats.clone());
         let _ = js.delete_stream(&self.config.events_stream).await;
@@ -374,6 +374,24 @@ impl App {
 
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // Only the first process of a test owns the stream; deleting twice is harmless.
+        let stream = self.config.events_stream.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let _ = async_nats::jetstream::new(client).delete_stream(&stream).await;
+                }
+            });
+        })
+        .join();
     }
 }
 
