@@ -579,3 +579,42 @@ async fn a_body_that_is_not_json_is_invalid_payload() {
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["error"]["code"], "invalid_payload");
 }
+
+/// The limits hold under concurrency: of ten simultaneous requests three get a code,
+/// and of five simultaneous right answers one logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_hold_when_requests_race() {
+    let app = std::sync::Arc::new(app().await);
+    let msisdn = number();
+    let requests = futures::future::join_all((0..10).map(|_| {
+        let (app, msisdn) = (app.clone(), msisdn.clone());
+        async move { request_otp(&app, &msisdn).await.0 }
+    }))
+    .await;
+    assert_eq!(
+        requests.iter().filter(|s| **s == StatusCode::ACCEPTED).count(),
+        3,
+        "{requests:?}"
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        7
+    );
+
+    let other = number();
+    request_otp(&app, &other).await;
+    let code = app.sms.last().unwrap();
+    let answers = futures::future::join_all((0..5).map(|_| {
+        let (app, other, code) = (app.clone(), other.clone(), code.clone());
+        async move { answer(&app, &other, &code).await.0 }
+    }))
+    .await;
+    assert_eq!(
+        answers.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{answers:?}"
+    );
+}
