@@ -28,13 +28,48 @@ fn feed_error(e: impl std::fmt::Display) -> FeedError {
 
 /// Opens the consumer (creating the stream if the relay has not yet) and runs the
 /// feed in a task until `shutdown`. Returns once the consumer exists, so every event
-/// published after this returns reaches the sockets.
+/// published after this returns reaches the sockets. Should the consumer ever end, it
+/// is opened again (from new messages: sockets that missed something in between get
+/// it with their next `session_state`).
 pub async fn start(
     state: AppState,
     client: async_nats::Client,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, FeedError> {
     let js = jetstream::new(client);
+    let mut messages = open(&js, &state).await?;
+    tracing::info!(stream = %state.config().events_stream, "pushes follow the event feed");
+    Ok(tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = shutdown.changed() => break,
+            };
+            match next {
+                Some(Ok(message)) => deliver(&state, &message.payload).await,
+                Some(Err(error)) => {
+                    // The ordered consumer recreates itself after most errors.
+                    tracing::warn!(%error, "event feed hiccup");
+                }
+                None => {
+                    tracing::error!("the event feed ended; opening it again");
+                    messages = loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        match open(&js, &state).await {
+                            Ok(messages) => break messages,
+                            Err(error) => tracing::error!(%error, "cannot open the event feed"),
+                        }
+                    };
+                }
+            }
+        }
+    }))
+}
+
+async fn open(js: &jetstream::Context, state: &AppState) -> Result<consumer::pull::Ordered, FeedError> {
     let config = state.config();
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -53,27 +88,7 @@ pub async fn start(
         })
         .await
         .map_err(feed_error)?;
-    let mut messages = consumer.messages().await.map_err(feed_error)?;
-    tracing::info!(stream = %config.events_stream, "pushes follow the event feed");
-    Ok(tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                next = messages.next() => next,
-                _ = shutdown.changed() => break,
-            };
-            match next {
-                None => {
-                    tracing::error!("the event feed ended; pushes stop until restart");
-                    break;
-                }
-                Some(Err(error)) => {
-                    // The ordered consumer recreates itself; log and go on.
-                    tracing::warn!(%error, "event feed hiccup");
-                }
-                Some(Ok(message)) => deliver(&state, &message.payload).await,
-            }
-        }
-    }))
+    consumer.messages().await.map_err(feed_error)
 }
 
 /// Pushes one feed message to the sockets of this process.
