@@ -9,7 +9,7 @@ pub mod session;
 pub mod state;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -58,25 +58,34 @@ pub async fn upgrade(
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("ws", user_id = %actor.user_id, role = %actor.role);
             async move {
-            // Register before reading the state, so no push falls between the two.
-            let (registration, pushes) = state.registry().register(actor.user_id);
-            let first = match state::session_state(&state, actor).await {
-                Ok(frame) => vec![frame],
-                Err(error) => {
-                    tracing::error!(%error, "cannot build session_state");
-                    vec![serde_json::json!({"type": "session_state", "data": {"match": null, "ride": null}})]
-                }
-            };
-            let (sink, stream) = socket.split();
-            let session = session::Session {
-                actor,
-                first,
-                pushes,
-                closing: state.registry().closing(),
-                max_frame_bytes: max,
-            };
-            session::run(sink, stream, state.bus(), session).await;
-            drop(registration);
+                // Register before reading the state, so no push falls between the two.
+                let (registration, pushes) = state.registry().register(actor.user_id);
+                let (mut sink, stream) = socket.split();
+                let first = match state::session_state(&state, actor).await {
+                    Ok(frame) => vec![frame],
+                    Err(error) => {
+                        // Better no session than a wrong picture: the app reconnects.
+                        tracing::error!(%error, "cannot build session_state");
+                        let _ = futures::SinkExt::send(
+                            &mut sink,
+                            Message::Close(Some(CloseFrame {
+                                code: session::INTERNAL_ERROR,
+                                reason: "internal error; reconnect".into(),
+                            })),
+                        )
+                        .await;
+                        return;
+                    }
+                };
+                let session = session::Session {
+                    actor,
+                    first,
+                    pushes,
+                    closing: state.registry().closing(),
+                    max_frame_bytes: max,
+                };
+                session::run(sink, stream, state.bus(), session).await;
+                drop(registration);
             }
             .instrument(span)
         })

@@ -35,6 +35,8 @@ impl Dispatch for CommandBus {
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The close code when the server drops a socket that cannot keep up with its pushes.
 pub const TOO_SLOW: u16 = 1008;
+/// The close code when the session cannot start (its state could not be read).
+pub const INTERNAL_ERROR: u16 = 1011;
 /// The close code when the process shuts down.
 pub const GOING_AWAY: u16 = 1001;
 
