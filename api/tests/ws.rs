@@ -585,3 +585,42 @@ async fn a_process_going_away_closes_its_sockets_with_1001() {
     assert_eq!(code, Some(1001));
     app.cleanup().await;
 }
+
+/// Timeouts are events too: a proposal nobody answers is withdrawn when its round
+/// ends, and after the last round the passenger hears that the match expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_proposals_are_withdrawn_and_the_match_expires() {
+    let app = app().await;
+    let (addr, stop) = app.serve().await;
+    app.relay(stop.subscribe()).await;
+    let (passenger, _) = app.user(Role::Passenger).await;
+    let (driver, driver_token) = app.driver().await;
+    let passenger_token = app
+        .state
+        .tokens()
+        .issue(passenger, Role::Passenger)
+        .unwrap()
+        .token;
+    let (mut p, _) = connect(addr, &passenger_token).await;
+    let (mut d, _) = connect(addr, &driver_token).await;
+    let ack = command(
+        &mut p,
+        "1",
+        "finder_update",
+        json!({"is_active": true, "pickup": pickup(), "destination": destination()}),
+    )
+    .await;
+    let match_id = ack["result"]["match_id"].clone();
+    app.propose(match_id.as_str().unwrap().parse().unwrap(), &[driver])
+        .await;
+    next_of(&mut d, "match_proposal").await;
+    for _ in 0..3 {
+        app.clock.advance(chrono::TimeDelta::seconds(31));
+        commands::process::fire_due_deadlines(&app.bus).await.unwrap();
+    }
+    let withdrawn = next_of(&mut d, "match_withdrawn").await;
+    assert_eq!(withdrawn["data"]["match_id"], match_id);
+    let expired = next_of(&mut p, "match_expired").await;
+    assert_eq!(expired["data"]["match_id"], match_id);
+    let _ = stop.send(true);
+}
