@@ -624,3 +624,33 @@ async fn unanswered_proposals_are_withdrawn_and_the_match_expires() {
     assert_eq!(expired["data"]["match_id"], match_id);
     let _ = stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_no_driver_was_found_for_fails_and_is_pushed() {
+    let app = app().await;
+    let (addr, stop) = app.serve().await;
+    app.relay(stop.subscribe()).await;
+    let (_, token) = app.user(Role::Passenger).await;
+    let (mut p, _) = connect(addr, &token).await;
+    let ack = command(
+        &mut p,
+        "1",
+        "finder_update",
+        json!({"is_active": true, "pickup": pickup(), "destination": destination()}),
+    )
+    .await;
+    for _ in 0..3 {
+        app.clock.advance(chrono::TimeDelta::seconds(31));
+        commands::process::fire_due_deadlines(&app.bus).await.unwrap();
+    }
+    let failed = next_of(&mut p, "match_failed").await;
+    assert_eq!(
+        failed["data"],
+        json!({"match_id": ack["result"]["match_id"], "reason": "no_driver"})
+    );
+    // Nothing is open any more.
+    drop(p);
+    let (_, state) = connect(addr, &token).await;
+    assert_eq!(state["data"], json!({"match": null, "ride": null}));
+    let _ = stop.send(true);
+}
