@@ -13,12 +13,13 @@
 //!   and the SMS port.
 //! - [`users`]: the `users` and `drivers` tables; [`auth`] the handlers over them.
 //! - [`reads`]: ride reads for participants and the analysts' queries over the read
-//!   models (`rides`, `billing_ledger`, `payments`).
+//!   models (`rides`, `billing_ledger`, `payments`, and the SQL function
+//!   `analytics_revenue`), all of `migrations/sql/0002`–`0004`.
 //! - [`ws`]: the WebSocket protocol. [`ws::session`] is the socket loop, written over
 //!   any `Sink`/`Stream` so it is tested with channels; [`ws::registry`] maps users to
-//!   their open sockets; [`ws::feed`] turns the JetStream event feed into pushes (and notes pending
-//!   proposals in [`ws::proposals`]);
-//!   [`ws::state`] builds the `session_state` frame sent first on every connect.
+//!   their open sockets; [`ws::feed`] turns the JetStream event feed into pushes (and
+//!   notes pending proposals in [`ws::proposals`]); [`ws::state`] builds the pushes and
+//!   the `session_state` frame sent first on every connect.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! ## Invariants
@@ -29,6 +30,8 @@
 //!   the first answer; a resend (on any connection, any process) gets that answer.
 //! - Pushes come from the event feed (JetStream `EVENTS`), never from the handler that
 //!   wrote the event, so a client hears about a command whichever process handled it.
+//! - Every socket's first frame is `session_state`, read from the store after the
+//!   socket registered for pushes, so a reconnect loses nothing.
 //! - Tokens and codes are never logged (the development SMS sender excepted: showing
 //!   the code is its job). Internal failures are logged and answered opaquely.
 
