@@ -8,8 +8,22 @@ use std::str::FromStr;
 use anyhow::{bail, Context as _};
 use domain::Policy;
 
+/// `APP_ENV`: where the process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    /// A developer's machine or a test: a development JWT secret is used when
+    /// `JWT_SECRET` is unset.
+    Development,
+    /// Anything real: `JWT_SECRET` is required.
+    Production,
+}
+
+/// The development JWT secret, used only with `APP_ENV=development` and no
+/// `JWT_SECRET`. Public by design: tokens signed with it are worthless elsewhere.
+pub const DEVELOPMENT_JWT_SECRET: &str = "nebengjek-development-secret-do-not-use-in-production";
+
 /// Everything the process needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// `DATABASE_URL`.
     pub database_url: String,
@@ -28,6 +42,52 @@ pub struct Config {
     pub events_subject_prefix: String,
     /// The business parameters (`BILLING_*`, `MATCHING_*`, `TRIP_*`, `SERVICE_AREA_*`).
     pub policy: Policy,
+    /// `APP_ENV` (`development` by default, or `production`).
+    pub app_env: AppEnv,
+    /// `JWT_SECRET`, if set.
+    pub jwt_secret: Option<String>,
+    /// `AUTH_DEV_ECHO_OTP`: return login codes in the response (development only).
+    pub auth_dev_echo_otp: bool,
+    /// `REDIS_KEY_PREFIX`: prepended to the edge's Redis keys.
+    pub redis_key_prefix: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("Config")
+            .field("database_url", &self.database_url)
+            .field("nats_url", &self.nats_url)
+            .field("redis_url", &self.redis_url)
+            .field("http_addr", &self.http_addr)
+            .field("app_env", &self.app_env)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
+            .field("events_stream", &self.events_stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// The JWT secret the edge signs with: `JWT_SECRET`, or in development the public
+    /// development secret. Outside development a missing `JWT_SECRET` stops start-up.
+    pub fn jwt_secret(&self) -> anyhow::Result<String> {
+        match (&self.jwt_secret, self.app_env) {
+            (Some(secret), _) => Ok(secret.clone()),
+            (None, AppEnv::Development) => {
+                tracing::warn!("JWT_SECRET is not set: signing tokens with the public development secret (APP_ENV=development)");
+                Ok(DEVELOPMENT_JWT_SECRET.to_owned())
+            }
+            (None, AppEnv::Production) => bail!("JWT_SECRET is required when APP_ENV=production"),
+        }
+    }
+}
+
+fn app_env() -> anyhow::Result<AppEnv> {
+    match var("APP_ENV").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("development" | "dev") => Ok(AppEnv::Development),
+        Some("production" | "prod") => Ok(AppEnv::Production),
+        Some(other) => bail!("APP_ENV={other:?} is not valid: use development or production"),
+    }
 }
 
 fn var(name: &str) -> Option<String> {
@@ -133,6 +193,46 @@ impl Config {
             events_stream: nats_token("EVENTS_STREAM", "EVENTS")?,
             events_subject_prefix: nats_token("EVENTS_SUBJECT_PREFIX", "events")?,
             policy,
+            app_env: app_env()?,
+            jwt_secret: var("JWT_SECRET"),
+            auth_dev_echo_otp: parse("AUTH_DEV_ECHO_OTP", false)?,
+            redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test owns the process environment (tests in one binary share it).
+    #[test]
+    fn app_env_decides_whether_jwt_secret_is_required() {
+        std::env::remove_var("JWT_SECRET");
+        std::env::set_var("APP_ENV", "production");
+        let config = Config::from_env().unwrap();
+        let error = config.jwt_secret().unwrap_err().to_string();
+        assert!(error.contains("JWT_SECRET"), "{error}");
+
+        std::env::set_var("JWT_SECRET", "s3cret");
+        assert_eq!(Config::from_env().unwrap().jwt_secret().unwrap(), "s3cret");
+
+        std::env::remove_var("JWT_SECRET");
+        std::env::set_var("APP_ENV", "development");
+        assert_eq!(
+            Config::from_env().unwrap().jwt_secret().unwrap(),
+            DEVELOPMENT_JWT_SECRET
+        );
+
+        std::env::set_var("APP_ENV", "staging");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("APP_ENV"), "{error}");
+
+        std::env::set_var("APP_ENV", "development");
+        std::env::set_var("AUTH_DEV_ECHO_OTP", "maybe");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("AUTH_DEV_ECHO_OTP"), "{error}");
+        std::env::remove_var("AUTH_DEV_ECHO_OTP");
+        std::env::remove_var("APP_ENV");
     }
 }
