@@ -48,7 +48,7 @@ struct Generated {
 /// The script of ride `i`: the benchmark's lifecycle, with declines and cancellations.
 fn script(i: usize, ride_id: RideId) -> Vec<RideCommand> {
     let mut script = ride_script(ride_id);
-    if i % 11 == 0 {
+    if i.is_multiple_of(11) {
         // Cancelled while PENDING: keep create, then cancel.
         let driver = actor_of(&script[1]);
         script.truncate(1);
@@ -56,7 +56,7 @@ fn script(i: usize, ride_id: RideId) -> Vec<RideCommand> {
             actor: driver,
             reason: "passenger not at pickup".into(),
         });
-    } else if i % 7 == 0 {
+    } else if i.is_multiple_of(7) {
         let pay = script.len() - 1;
         let passenger = actor_of(&script[pay]);
         script.insert(

@@ -8,8 +8,22 @@ use std::str::FromStr;
 use anyhow::{bail, Context as _};
 use domain::Policy;
 
+/// `APP_ENV`: where the process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    /// A developer's machine or a test: a development JWT secret is used when
+    /// `JWT_SECRET` is unset.
+    Development,
+    /// Anything real: `JWT_SECRET` is required.
+    Production,
+}
+
+/// The development JWT secret, used only with `APP_ENV=development` and no
+/// `JWT_SECRET`. Public by design: tokens signed with it are worthless elsewhere.
+pub const DEVELOPMENT_JWT_SECRET: &str = "nebengjek-development-secret-do-not-use-in-production";
+
 /// Everything the process needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// `DATABASE_URL`.
     pub database_url: String,
@@ -26,13 +40,51 @@ pub struct Config {
     pub events_stream: String,
     /// See `events_stream`.
     pub events_subject_prefix: String,
+    /// Location ingest and the geo index (`LOCATION_*`, `MATCHING_ETA_SPEED_KMH`).
+    pub location: LocationConfig,
     /// The business parameters (`BILLING_*`, `MATCHING_*`, `TRIP_*`, `SERVICE_AREA_*`).
     pub policy: Policy,
-    /// Location ingest and the geo index (`LOCATION_*`, `REDIS_KEY_PREFIX`).
-    pub location: LocationConfig,
+    /// `APP_ENV` (`development` by default, or `production`).
+    pub app_env: AppEnv,
+    /// `JWT_SECRET`, if set.
+    pub jwt_secret: Option<String>,
+    /// `AUTH_DEV_ECHO_OTP`: return login codes in the response (development only).
+    pub auth_dev_echo_otp: bool,
+    /// `REDIS_KEY_PREFIX`: prepended to the edge's Redis keys.
+    pub redis_key_prefix: String,
 }
 
-/// `LOCATION_*` and `REDIS_KEY_PREFIX`.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("Config")
+            .field("database_url", &self.database_url)
+            .field("nats_url", &self.nats_url)
+            .field("redis_url", &self.redis_url)
+            .field("http_addr", &self.http_addr)
+            .field("app_env", &self.app_env)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
+            .field("events_stream", &self.events_stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// The JWT secret the edge signs with: `JWT_SECRET`, or in development the public
+    /// development secret. Outside development a missing `JWT_SECRET` stops start-up.
+    pub fn jwt_secret(&self) -> anyhow::Result<String> {
+        match (&self.jwt_secret, self.app_env) {
+            (Some(secret), _) => Ok(secret.clone()),
+            (None, AppEnv::Development) => {
+                tracing::warn!("JWT_SECRET is not set: signing tokens with the public development secret (APP_ENV=development)");
+                Ok(DEVELOPMENT_JWT_SECRET.to_owned())
+            }
+            (None, AppEnv::Production) => bail!("JWT_SECRET is required when APP_ENV=production"),
+        }
+    }
+}
+
+/// `LOCATION_*` and `MATCHING_ETA_SPEED_KMH`.
 #[derive(Debug, Clone)]
 pub struct LocationConfig {
     /// `LOCATION_STREAM`: the JetStream stream of drivers' pings (`LOCATION`).
@@ -42,19 +94,11 @@ pub struct LocationConfig {
     pub availability_ttl: std::time::Duration,
     /// `MATCHING_ETA_SPEED_KMH`: the straight-line speed of an ETA (30).
     pub eta_speed_kmh: f64,
-    /// `REDIS_KEY_PREFIX`: put before every Redis key (empty).
-    pub redis_key_prefix: String,
 }
 
 impl LocationConfig {
     fn from_env() -> anyhow::Result<Self> {
-        let stream = var("LOCATION_STREAM").unwrap_or_else(|| domain::location::DEFAULT_STREAM.into());
-        if !stream
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            bail!("LOCATION_STREAM must be letters, digits, '_' or '-', got {stream:?}");
-        }
+        let stream = nats_token("LOCATION_STREAM", domain::location::DEFAULT_STREAM)?;
         let ttl: u64 = parse("LOCATION_AVAILABILITY_TTL_SECONDS", 60u64)?;
         if ttl == 0 {
             bail!("LOCATION_AVAILABILITY_TTL_SECONDS must be positive");
@@ -63,8 +107,15 @@ impl LocationConfig {
             stream,
             availability_ttl: std::time::Duration::from_secs(ttl),
             eta_speed_kmh: positive("MATCHING_ETA_SPEED_KMH", parse("MATCHING_ETA_SPEED_KMH", 30.0)?)?,
-            redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
         })
+    }
+}
+
+fn app_env() -> anyhow::Result<AppEnv> {
+    match var("APP_ENV").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("development" | "dev") => Ok(AppEnv::Development),
+        Some("production" | "prod") => Ok(AppEnv::Production),
+        Some(other) => bail!("APP_ENV={other:?} is not valid: use development or production"),
     }
 }
 
@@ -172,6 +223,46 @@ impl Config {
             events_subject_prefix: nats_token("EVENTS_SUBJECT_PREFIX", "events")?,
             policy,
             location: LocationConfig::from_env()?,
+            app_env: app_env()?,
+            jwt_secret: var("JWT_SECRET"),
+            auth_dev_echo_otp: parse("AUTH_DEV_ECHO_OTP", false)?,
+            redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test owns the process environment (tests in one binary share it).
+    #[test]
+    fn app_env_decides_whether_jwt_secret_is_required() {
+        std::env::remove_var("JWT_SECRET");
+        std::env::set_var("APP_ENV", "production");
+        let config = Config::from_env().unwrap();
+        let error = config.jwt_secret().unwrap_err().to_string();
+        assert!(error.contains("JWT_SECRET"), "{error}");
+
+        std::env::set_var("JWT_SECRET", "s3cret");
+        assert_eq!(Config::from_env().unwrap().jwt_secret().unwrap(), "s3cret");
+
+        std::env::remove_var("JWT_SECRET");
+        std::env::set_var("APP_ENV", "development");
+        assert_eq!(
+            Config::from_env().unwrap().jwt_secret().unwrap(),
+            DEVELOPMENT_JWT_SECRET
+        );
+
+        std::env::set_var("APP_ENV", "staging");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("APP_ENV"), "{error}");
+
+        std::env::set_var("APP_ENV", "development");
+        std::env::set_var("AUTH_DEV_ECHO_OTP", "maybe");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("AUTH_DEV_ECHO_OTP"), "{error}");
+        std::env::remove_var("AUTH_DEV_ECHO_OTP");
+        std::env::remove_var("APP_ENV");
     }
 }

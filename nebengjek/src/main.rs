@@ -2,7 +2,9 @@
 //!
 //! The one binary. `nebengjek migrate` applies the schema; `nebengjek serve` runs the
 //! system: the command pipeline with its NATS ingress, the process manager, the
-//! deadline scheduler, and the operator endpoints (`/healthz`, `/readyz`, `/metrics`).
+//! deadline scheduler, the edge (HTTP and WebSocket, `api`) and the operator endpoints
+//! (`/healthz`, `/readyz`, `/metrics`). `nebengjek user create-analyst` is the operator's
+//! way to make an analyst account.
 //! `--role` runs one part alone so that several processes can share one PostgreSQL,
 //! NATS and Redis.
 
@@ -32,6 +34,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Role::All)]
         role: Role,
     },
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an analyst account (or make an existing passenger one) and print it.
+    CreateAnalyst {
+        /// The analyst's Telkomsel number.
+        #[arg(long)]
+        msisdn: String,
+        /// Their name.
+        #[arg(long)]
+        fullname: Option<String>,
+    },
 }
 
 /// A part of the system.
@@ -39,6 +59,8 @@ enum Command {
 pub enum Role {
     /// Everything.
     All,
+    /// The edge: HTTP, WebSocket `/ws` and its pushes.
+    Api,
     /// The command ingress (NATS).
     Commands,
     /// The process manager, the deadline scheduler, the location consumer with the
@@ -77,5 +99,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { role } => startup::serve(config, role).await,
         Command::Demo => demo::run(config).await,
+        Command::User {
+            command: UserCommand::CreateAnalyst { msisdn, fullname },
+        } => {
+            let msisdn = domain::msisdn::Msisdn::parse(&msisdn)
+                .map_err(|e| anyhow::anyhow!("--msisdn: {}", e.message))?;
+            let pool = startup::connect(&config).await?;
+            migrations::run(&pool).await?;
+            let now = commands::clock::Clock::now(&commands::clock::SystemClock);
+            let user = api::users::create_analyst(&pool, &msisdn, fullname.as_deref(), now).await?;
+            println!("{}", serde_json::to_string_pretty(&user)?);
+            Ok(())
+        }
     }
 }

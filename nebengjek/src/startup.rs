@@ -1,19 +1,16 @@
-//! Wiring: connections, the bus, the background tasks and the operator endpoints.
+//! Wiring: connections, the bus, the background tasks, and the edge's one router
+//! (`api::router`: HTTP, `/ws`, `/openapi.json` and the operator endpoints; a process
+//! without the `api` role serves only the operator endpoints, `api::ops_router`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use commands::clock::SystemClock;
+use commands::clock::{Clock, SystemClock};
 use commands::ports::AcceptingProvider;
 use commands::redis_positions::RedisPositions;
 use commands::{CommandBus, EventStore};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde_json::json;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -33,12 +30,36 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         })
 }
 
-#[derive(Clone)]
-struct Ops {
-    pool: PgPool,
-    nats: async_nats::Client,
-    redis_addr: String,
-    metrics: PrometheusHandle,
+/// Connects to Redis.
+pub async fn connect_redis(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(config.redis_url.as_str())
+        .with_context(|| format!("REDIS_URL={} is not a Redis URL", config.redis_url))?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        redis::aio::ConnectionManager::new(client),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "no answer from Redis at REDIS_URL={} within 10 s",
+            config.redis_url
+        )
+    })?
+    .with_context(|| format!("cannot connect to Redis at REDIS_URL={}", config.redis_url))
+}
+
+/// The edge's settings from the process configuration.
+pub fn api_config(config: &Config) -> anyhow::Result<api::ApiConfig> {
+    let mut api = api::ApiConfig::new(config.jwt_secret()?);
+    api.dev_echo_otp = config.auth_dev_echo_otp;
+    if config.auth_dev_echo_otp && config.app_env == crate::config::AppEnv::Production {
+        tracing::warn!("AUTH_DEV_ECHO_OTP=true in production: login codes are returned in responses");
+    }
+    api.redis_prefix = config.redis_key_prefix.clone();
+    api.events_stream = config.events_stream.clone();
+    api.events_subject_prefix = config.events_subject_prefix.clone();
+    api.policy = config.policy;
+    Ok(api)
 }
 
 /// Runs until Ctrl-C or SIGTERM.
@@ -55,19 +76,26 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to NATS at NATS_URL={}", config.nats_url))?;
 
-    let redis = redis::Client::open(config.redis_url.as_str())
-        .with_context(|| format!("REDIS_URL={} is not a Redis URL", config.redis_url))?
-        .get_connection_manager()
-        .await
-        .with_context(|| format!("cannot connect to Redis at REDIS_URL={}", config.redis_url))?;
-    let positions = RedisPositions::new(redis.clone(), &config.location.redis_key_prefix, store_id);
+    let serves_api = matches!(role, Role::All | Role::Api);
+    // Fail early on a missing JWT_SECRET, before anything starts.
+    let api_config = if serves_api {
+        api_config(&config)?
+    } else {
+        api::ApiConfig::new(String::new())
+    };
+    let redis = connect_redis(&config).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let store = EventStore::start(pool.clone());
     let bus = CommandBus::new(
         store,
         config.policy,
-        Arc::new(SystemClock),
-        Arc::new(positions),
+        clock.clone(),
+        Arc::new(RedisPositions::new(
+            redis.clone(),
+            &config.redis_key_prefix,
+            store_id,
+        )),
         Arc::new(AcceptingProvider),
     );
 
@@ -124,31 +152,45 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(relay.run(stopped.clone())));
     }
 
-    let redis_addr = config
-        .redis_url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_owned();
-    let ops = Ops {
-        pool,
-        nats,
-        redis_addr,
-        metrics,
+    let state = api::AppState::new(
+        api_config,
+        api::Dependencies {
+            pool,
+            bus: bus.clone(),
+            redis,
+            nats: Some(nats.clone()),
+            sms: Arc::new(api::sms::LoggingSms),
+            clock,
+            metrics: Some(metrics),
+        },
+    );
+    let registry = state.registry().clone();
+    let app = if serves_api {
+        tasks.push(
+            api::ws::feed::start(state.clone(), nats.clone(), stopped.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot follow the event feed (EVENTS_STREAM={}, EVENTS_SUBJECT_PREFIX={})",
+                        config.events_stream, config.events_subject_prefix
+                    )
+                })?,
+        );
+        api::router(state)
+    } else {
+        api::ops_router(state)
     };
-    let app = Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|State(ops): State<Ops>| async move { ops.metrics.render() }),
-        )
-        .with_state(ops);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, ?role, %store_id, "nebengjek is serving");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // WebSockets never end by themselves: tell them to go (1001) so apps
+            // reconnect to another process, and the server can drain.
+            registry.close_all();
+        })
         .await?;
     let _ = stop.send(true);
     for task in tasks {
@@ -171,7 +213,7 @@ fn spawn_geo(
     let location = &config.location;
     let index = projections::geo::GeoIndex::new(
         redis,
-        projections::geo::GeoKeys::new(&location.redis_key_prefix, store_id),
+        projections::geo::GeoKeys::new(&config.redis_key_prefix, store_id),
         location.availability_ttl,
         projections::geo::system_now(),
     );
@@ -200,41 +242,6 @@ fn spawn_geo(
             stopped.clone(),
         )),
     ]
-}
-
-async fn readyz(State(ops): State<Ops>) -> (StatusCode, Json<serde_json::Value>) {
-    let postgres = sqlx::query("SELECT 1").execute(&ops.pool).await.is_ok();
-    let nats = matches!(
-        ops.nats.connection_state(),
-        async_nats::connection::State::Connected
-    );
-    let redis = redis_pings(&ops.redis_addr).await;
-    let status = if postgres && nats && redis {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({ "postgres": postgres, "nats": nats, "redis": redis })),
-    )
-}
-
-/// Whether Redis answers `PING` within a second (a bare RESP exchange: readiness needs
-/// nothing more until the geo index arrives).
-async fn redis_pings(addr: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        stream.write_all(b"PING\r\n").await.ok()?;
-        let mut buf = [0u8; 7];
-        stream.read_exact(&mut buf).await.ok()?;
-        Some(&buf == b"+PONG\r\n")
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), attempt).await,
-        Ok(Some(true))
-    )
 }
 
 async fn shutdown_signal() {
