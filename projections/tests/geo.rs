@@ -245,6 +245,8 @@ fn expected_available(
 /// and a new process resumes from the stored checkpoint. After every crash, what Redis
 /// holds is exactly the fold of the events up to the checkpoint it holds: data and
 /// checkpoint never part, so no replay resurrects a busy driver (nor hides a free one).
+/// (Moving the checkpoint's `SET` out of the script into a command of its own makes this
+/// test fail within a few rounds.)
 #[tokio::test]
 async fn a_crash_at_any_point_leaves_data_and_checkpoint_together() {
     let w = world().await;
@@ -292,13 +294,13 @@ async fn a_crash_at_any_point_leaves_data_and_checkpoint_together() {
     for round in 0..400 {
         // A new process each time, on the same keys, given too little time every other
         // round (it is cancelled wherever it is: before, during or after the feed read,
-        // with the script sent or not), enough time otherwise.
+        // with the script sent or not), and all the time it needs otherwise.
         let index = w.another_index();
-        let budget = Duration::from_micros(if round % 2 == 0 {
-            rng.gen_range(0..2_000)
+        let budget = if round % 2 == 0 {
+            Duration::from_micros(rng.gen_range(0..3_000))
         } else {
-            rng.gen_range(0..50_000)
-        });
+            Duration::from_secs(30)
+        };
         let batch = rng.gen_range(1..4);
         if tokio::time::timeout(budget, index.project_once(&w.pool, batch))
             .await
