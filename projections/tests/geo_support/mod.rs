@@ -134,6 +134,17 @@ impl World {
     }
 }
 
+impl Drop for World {
+    /// A failing test leaves nothing behind on the shared Redis either (synchronous:
+    /// there is no runtime to await on in `drop`).
+    fn drop(&mut self) {
+        let keys: Vec<String> = self.index.keys().all().iter().map(|k| (*k).to_owned()).collect();
+        if let Ok(mut conn) = redis::Client::open(redis_url().as_str()).and_then(|c| c.get_connection()) {
+            let _ = redis::cmd("DEL").arg(keys).query::<()>(&mut conn);
+        }
+    }
+}
+
 /// Appends one event at the next position (the feed is all the projection reads).
 pub async fn append<E: DomainEvent>(
     pool: &PgPool,
