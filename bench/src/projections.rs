@@ -202,7 +202,7 @@ async fn raw_read(pool: &PgPool) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
     let mut rows = sqlx::query_as::<_, RawRow>(
         "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload::text, \
-         metadata::text, recorded_at, hash FROM events ORDER BY aggregate_type, aggregate_id, sequence",
+         metadata::text, recorded_at, hash FROM events ORDER BY position",
     )
     .fetch(pool);
     let mut n = 0u64;

@@ -1,6 +1,7 @@
 //! `verify`: the whole proof in one pass over the store.
 //!
-//! One ordered scan of the events (by aggregate, then sequence) does two things at once:
+//! One scan of the events in position order (which is sequence order within each
+//! aggregate; the cheapest order to read) does two things at once:
 //! - checks every aggregate's hash chain against its recorded head (the checks of
 //!   [`crate::verify_stream`]);
 //! - folds every ride's events into the rows `rides`, `billing_ledger` and `payments`
@@ -72,31 +73,33 @@ const BATCH: usize = 1024;
 type Heads = HashMap<(String, Uuid), (i64, Vec<u8>)>;
 
 /// The checker thread: every chain link, every ride folded, every recorded head seen.
-fn check_all(inbox: std::sync::mpsc::Receiver<Vec<Row>>, heads: Heads) -> (VerifyReport, RideFold) {
+/// Events arrive in position order, so the aggregates interleave: each has its chain
+/// state in a map (its type interned), closed against its recorded head at the end.
+fn check_all(
+    inbox: std::sync::mpsc::Receiver<Vec<Row>>,
+    heads: std::sync::Arc<Heads>,
+) -> (VerifyReport, RideFold, Vec<(String, Uuid)>) {
     let mut report = VerifyReport::default();
     let mut fold = RideFold::default();
-    let mut seen: std::collections::HashSet<(String, Uuid)> =
-        std::collections::HashSet::with_capacity(heads.len());
-    let mut chain: Option<Chain> = None;
+    let mut types: Vec<String> = Vec::new();
+    let mut chains: HashMap<(Uuid, usize), Chain> = HashMap::with_capacity(heads.len());
     for row in inbox.into_iter().flatten() {
         report.events += 1;
-        let same = chain
-            .as_ref()
-            .is_some_and(|c| c.aggregate_id == row.aggregate_id && c.aggregate_type == row.aggregate_type);
-        if !same {
-            if let Some(done) = chain.take() {
-                close_chain(&done, &heads, &mut report.chain_breaks);
-                seen.insert((done.aggregate_type, done.aggregate_id));
+        let type_index = match types.iter().position(|t| *t == row.aggregate_type) {
+            Some(i) => i,
+            None => {
+                types.push(row.aggregate_type.clone());
+                types.len() - 1
             }
-            report.aggregates += 1;
-            chain = Some(Chain {
+        };
+        let c = chains
+            .entry((row.aggregate_id, type_index))
+            .or_insert_with(|| Chain {
                 aggregate_type: row.aggregate_type.clone(),
                 aggregate_id: row.aggregate_id,
                 expected_sequence: 1,
                 prev: GENESIS.to_vec(),
             });
-        }
-        let Some(c) = chain.as_mut() else { continue };
         let (payload, metadata) = match (
             serde_json::from_str::<Value>(&row.payload),
             serde_json::from_str::<Value>(&row.metadata),
@@ -127,22 +130,17 @@ fn check_all(inbox: std::sync::mpsc::Receiver<Vec<Row>>, heads: Heads) -> (Verif
             }
         }
     }
-    if let Some(done) = chain.take() {
-        close_chain(&done, &heads, &mut report.chain_breaks);
-        seen.insert((done.aggregate_type, done.aggregate_id));
+    report.aggregates = chains.len() as u64;
+    let mut seen = Vec::with_capacity(chains.len());
+    for chain in chains.into_values() {
+        close_chain(&chain, &heads, &mut report.chain_breaks);
+        seen.push((chain.aggregate_type, chain.aggregate_id));
     }
-    for ((t, i), (version, _)) in &heads {
-        if !seen.contains(&(t.clone(), *i)) {
-            report.chain_breaks.push(ChainBreak {
-                aggregate_type: t.clone(),
-                aggregate_id: *i,
-                sequence: *version,
-                problem: format!("streams records version {version} but the aggregate has no events"),
-            });
-        }
-    }
-    (report, fold)
+    (report, fold, seen)
 }
+
+/// Checker threads: rows are dealt by aggregate, so each chain stays on one thread.
+const CHECKERS: usize = 2;
 
 /// The chain of the aggregate being read.
 struct Chain {
@@ -206,36 +204,70 @@ pub async fn verify(
 
     // Hashing and folding run on a thread of their own, fed batches of rows, so that
     // reading (here) and checking (there) overlap.
-    let (batches, inbox) = std::sync::mpsc::sync_channel::<Vec<Row>>(8);
-    let checker = tokio::task::spawn_blocking(move || check_all(inbox, heads));
+    let heads = std::sync::Arc::new(heads);
+    let mut outboxes = Vec::with_capacity(CHECKERS);
+    let mut checkers = Vec::with_capacity(CHECKERS);
+    for _ in 0..CHECKERS {
+        let (outbox, inbox) = std::sync::mpsc::sync_channel::<Vec<Row>>(8);
+        let heads = heads.clone();
+        checkers.push(tokio::task::spawn_blocking(move || check_all(inbox, heads)));
+        outboxes.push((outbox, Vec::with_capacity(BATCH)));
+    }
     {
         let sql = format!(
             "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
              payload::text AS payload, metadata::text AS metadata, recorded_at, hash \
-             FROM events{scope} ORDER BY aggregate_type, aggregate_id, sequence"
+             FROM events{scope} ORDER BY position"
         );
         let mut rows = sqlx::query_as::<_, Row>(&sql).bind(from).bind(to).fetch(pool);
-        let mut batch = Vec::with_capacity(BATCH);
         let mut read = 0u64;
         while let Some(row) = rows.try_next().await? {
+            let (outbox, batch) = &mut outboxes[(row.aggregate_id.as_u128() % CHECKERS as u128) as usize];
             batch.push(row);
             read += 1;
-            if batch.len() == BATCH {
-                if batches
-                    .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+            if batch.len() == BATCH
+                && outbox
+                    .send(std::mem::replace(batch, Vec::with_capacity(BATCH)))
                     .is_err()
-                {
-                    break;
-                }
-                if read.is_multiple_of(20_000) {
-                    progress(read, total as u64);
-                }
+            {
+                break;
+            }
+            if read.is_multiple_of(20_000) {
+                progress(read, total as u64);
             }
         }
-        let _ = batches.send(batch);
+        for (outbox, batch) in outboxes {
+            let _ = outbox.send(batch);
+        }
     }
-    drop(batches);
-    let (mut report, fold) = checker.await?;
+    let mut report = VerifyReport::default();
+    let mut fold = RideFold::default();
+    let mut seen: std::collections::HashSet<(String, Uuid)> =
+        std::collections::HashSet::with_capacity(heads.len());
+    for checker in checkers {
+        let (part, part_fold, part_seen) = checker.await?;
+        report.events += part.events;
+        report.aggregates += part.aggregates;
+        report.chain_breaks.extend(part.chain_breaks);
+        report.unreadable.extend(part.unreadable);
+        fold.rides.extend(part_fold.rides);
+        fold.ledger.extend(part_fold.ledger);
+        fold.payments.extend(part_fold.payments);
+        seen.extend(part_seen);
+    }
+    for ((t, i), (version, _)) in heads.iter() {
+        if !seen.contains(&(t.clone(), *i)) {
+            report.chain_breaks.push(ChainBreak {
+                aggregate_type: t.clone(),
+                aggregate_id: *i,
+                sequence: *version,
+                problem: format!("streams records version {version} but the aggregate has no events"),
+            });
+        }
+    }
+    report.chain_breaks.sort_by(|a, b| {
+        (&a.aggregate_type, a.aggregate_id, a.sequence).cmp(&(&b.aggregate_type, b.aggregate_id, b.sequence))
+    });
     progress(report.events, total as u64);
     report.rides = fold.rides.len() as u64;
 
