@@ -143,6 +143,8 @@ struct Inner {
     registry: Registry,
     proposals: Proposals,
     metrics: Option<PrometheusHandle>,
+    location: Option<projections::location::LocationPublisher>,
+    geo: Option<projections::geo::GeoIndex>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -170,6 +172,10 @@ pub struct Dependencies {
     pub clock: Arc<dyn Clock>,
     /// The Prometheus recorder's handle, if one is installed.
     pub metrics: Option<PrometheusHandle>,
+    /// Where drivers' pings go (JetStream `LOCATION`); `None` keeps them local.
+    pub location: Option<projections::location::LocationPublisher>,
+    /// The available-drivers index, for `GET /v1/drivers/nearby`.
+    pub geo: Option<projections::geo::GeoIndex>,
 }
 
 impl std::fmt::Debug for Dependencies {
@@ -201,6 +207,8 @@ impl AppState {
                 registry: Registry::default(),
                 proposals: Proposals::default(),
                 metrics: deps.metrics,
+                location: deps.location,
+                geo: deps.geo,
             }),
         }
     }
@@ -253,6 +261,14 @@ impl AppState {
     pub fn metrics(&self) -> Option<&PrometheusHandle> {
         self.inner.metrics.as_ref()
     }
+    /// The publisher of drivers' pings, if any.
+    pub fn location(&self) -> Option<&projections::location::LocationPublisher> {
+        self.inner.location.as_ref()
+    }
+    /// The available-drivers index, if any.
+    pub fn geo(&self) -> Option<&projections::geo::GeoIndex> {
+        self.inner.geo.as_ref()
+    }
 }
 
 #[derive(OpenApi)]
@@ -295,6 +311,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(reads::ledger))
         .routes(routes!(reads::payments))
         .routes(routes!(reads::revenue))
+        .routes(routes!(reads::nearby))
         .split_for_parts()
 }
 

@@ -469,3 +469,72 @@ pub async fn revenue(
         buckets,
     }))
 }
+
+/// `GET /v1/drivers/nearby` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NearbyQuery {
+    /// Latitude of the point.
+    pub lat: f64,
+    /// Longitude of the point.
+    pub lon: f64,
+    /// Radius in km, in (0, 100] (default 5).
+    pub radius_km: Option<f64>,
+    /// At most this many, nearest first (default 50, at most 500).
+    pub limit: Option<usize>,
+}
+
+/// One available driver.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NearbyDriver {
+    /// The driver.
+    pub driver_id: uuid::Uuid,
+    /// Where (last ping).
+    pub lat: f64,
+    /// Where (last ping).
+    pub lon: f64,
+    /// From the point, km.
+    pub distance_km: f64,
+}
+
+/// The available drivers near a point.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Nearby {
+    /// Nearest first.
+    pub drivers: Vec<NearbyDriver>,
+}
+
+/// Analysts: the available drivers (online, fresh, not in a match or ride) near a
+/// point, nearest first, from the Redis geo index.
+#[utoipa::path(get, path = "/v1/drivers/nearby", tag = "analytics", security(("bearer" = [])), params(NearbyQuery),
+    responses((status = 200, body = Nearby), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+pub async fn nearby(
+    State(state): State<AppState>,
+    _analyst: Analyst,
+    ApiQuery(query): ApiQuery<NearbyQuery>,
+) -> Result<Json<Nearby>, ApiError> {
+    let Some(geo) = state.geo() else {
+        return Err(ApiError::not_found("this process has no geo index"));
+    };
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let found = geo
+        .nearby(query.lat, query.lon, query.radius_km.unwrap_or(5.0), limit)
+        .await
+        .map_err(|e| match e {
+            projections::geo::GeoError::InvalidQuery(message) => ApiError::validation(message),
+            projections::geo::GeoError::Redis(e) => ApiError::Redis(e),
+            projections::geo::GeoError::Postgres(e) => ApiError::Database(e),
+            other => ApiError::Redis(redis::RedisError::from(std::io::Error::other(other.to_string()))),
+        })?;
+    Ok(Json(Nearby {
+        drivers: found
+            .into_iter()
+            .map(|d| NearbyDriver {
+                driver_id: d.driver_id.as_uuid(),
+                lat: d.lat,
+                lon: d.lon,
+                distance_km: d.distance_km,
+            })
+            .collect(),
+    }))
+}

@@ -152,6 +152,19 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(relay.run(stopped.clone())));
     }
 
+    // The edge publishes drivers' pings to LOCATION and answers /v1/drivers/nearby.
+    let location_publisher = projections::location::LocationPublisher::new(
+        async_nats::jetstream::new(nats.clone()),
+        &config.location.stream,
+    )
+    .await
+    .context("cannot set up the LOCATION stream (is JetStream enabled on NATS?)")?;
+    let geo_index = projections::geo::GeoIndex::new(
+        redis.clone(),
+        projections::geo::GeoKeys::new(&config.redis_key_prefix, store_id),
+        config.location.availability_ttl,
+        projections::geo::system_now(),
+    );
     let state = api::AppState::new(
         api_config,
         api::Dependencies {
@@ -162,6 +175,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             sms: Arc::new(api::sms::LoggingSms),
             clock,
             metrics: Some(metrics),
+            location: Some(location_publisher),
+            geo: Some(geo_index),
         },
     );
     let registry = state.registry().clone();

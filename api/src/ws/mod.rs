@@ -84,7 +84,12 @@ pub async fn upgrade(
                     closing: state.registry().closing(),
                     max_frame_bytes: max,
                 };
-                session::run(sink, stream, state.bus(), session).await;
+                let commands = session::EdgeCommands {
+                    bus: state.bus(),
+                    location: state.location(),
+                    clock: state.clock().as_ref(),
+                };
+                session::run(sink, stream, &commands, session).await;
                 drop(registration);
             }
             .instrument(span)

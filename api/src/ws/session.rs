@@ -31,6 +31,46 @@ impl Dispatch for CommandBus {
     }
 }
 
+/// The command bus, plus the location feed: a driver's accepted `beacon_update` or
+/// `location_update` is also published to JetStream `LOCATION`, where the geo
+/// projection and the matcher (in whichever process runs them) pick it up.
+#[derive(Debug)]
+pub struct EdgeCommands<'a> {
+    /// The command bus.
+    pub bus: &'a CommandBus,
+    /// Where pings go; `None` keeps them in this process's bus only.
+    pub location: Option<&'a projections::location::LocationPublisher>,
+    /// The server clock (a ping's time).
+    pub clock: &'a dyn commands::clock::Clock,
+}
+
+#[async_trait]
+impl Dispatch for EdgeCommands<'_> {
+    async fn dispatch(&self, actor: Actor, command_id: &str, command: ClientCommand) -> Ack {
+        let ping = match (&command, actor.role) {
+            (ClientCommand::BeaconUpdate { is_active, point }, domain::Role::Driver) => {
+                Some((*point, Some(*is_active)))
+            }
+            (ClientCommand::LocationUpdate { point, .. }, domain::Role::Driver) => Some((*point, None)),
+            _ => None,
+        };
+        let ack = CommandBus::dispatch(self.bus, actor, Some(command_id), command).await;
+        if let (true, Some((point, active)), Some(location)) = (ack.ok, ping, self.location) {
+            let now = self.clock.now();
+            let published = match active {
+                Some(is_active) => location.publish_ping(actor.user_id, point, is_active, now).await,
+                None => location.publish_position(actor.user_id, point, now).await,
+            };
+            if let Err(error) = published {
+                // The position is already recorded for the ride; only the index misses it
+                // until the next ping.
+                tracing::warn!(%error, driver = %actor.user_id, "cannot publish the ping to LOCATION");
+            }
+        }
+        ack
+    }
+}
+
 /// The close code for a frame over the limit.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The close code when the server drops a socket that cannot keep up with its pushes.

@@ -147,6 +147,8 @@ pub async fn app_on(pool: PgPool, config: ApiConfig) -> App {
             sms: sms.clone(),
             clock: clock.clone(),
             metrics: None,
+            location: None,
+            geo: None,
         },
     );
     App {
