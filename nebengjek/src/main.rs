@@ -8,11 +8,8 @@
 //! `--role` runs one part alone so that several processes can share one PostgreSQL,
 //! NATS and Redis.
 
-mod config;
-mod demo;
-mod startup;
-
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use nebengjek::{config, demo, startup, Role};
 
 /// NebengJek ride-hailing backend.
 #[derive(Debug, Parser)]
@@ -52,22 +49,6 @@ enum UserCommand {
         #[arg(long)]
         fullname: Option<String>,
     },
-}
-
-/// A part of the system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Role {
-    /// Everything.
-    All,
-    /// The edge: HTTP, WebSocket `/ws` and its pushes.
-    Api,
-    /// The command ingress (NATS).
-    Commands,
-    /// The process manager, the deadline scheduler, the location consumer with the
-    /// Redis geo projection, and the matcher.
-    Matcher,
-    /// The read-model projectors and the outbox relay to JetStream.
-    Projections,
 }
 
 fn init_tracing(default: &str) {

@@ -64,9 +64,63 @@ pub fn api_config(config: &Config) -> anyhow::Result<api::ApiConfig> {
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
+    let mut system = start(config, role).await?;
+    tokio::select! {
+        () = shutdown_signal() => system.shutdown().await,
+        result = system.wait() => result,
+    }
+}
+
+/// A running system (or one role of it) in this process: its HTTP address and the way
+/// to stop it.
+#[derive(Debug)]
+pub struct System {
+    /// Where HTTP, `/ws` and the operator endpoints answer (the bound port when
+    /// `HTTP_ADDR` asked for port 0).
+    pub http_addr: std::net::SocketAddr,
+    /// The PostgreSQL store id, also the suffix of this store's Redis keys.
+    pub store_id: uuid::Uuid,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl System {
+    /// Stops gracefully: WebSockets are closed with 1001, the background tasks finish
+    /// their batch, and the server drains.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stops (by itself it only does on an error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        match (&mut self.server).await {
+            Ok(result) => result,
+            Err(error) => Err(anyhow::anyhow!("the server task failed: {error}")),
+        }
+    }
+}
+
+/// The process's Prometheus recorder: installed once, shared by every system a process
+/// starts (tests start several).
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics shows only this one's");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Migrates, connects and starts `role`: returns once HTTP is listening.
+pub async fn start(config: Config, role: Role) -> anyhow::Result<System> {
+    let metrics = metrics_handle();
     let pool = connect(&config).await?;
     migrations::run(&pool).await.context("migrations failed")?;
     let store_id = migrations::store_id(&pool).await?;
@@ -198,20 +252,30 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, ?role, %store_id, "nebengjek is serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // WebSockets never end by themselves: tell them to go (1001) so apps
-            // reconnect to another process, and the server can drain.
-            registry.close_all();
-        })
-        .await?;
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
-    Ok(())
+    let http_addr = listener.local_addr()?;
+    tracing::info!(addr = %http_addr, ?role, %store_id, "nebengjek is serving");
+    let mut draining = stopped.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = draining.wait_for(|stop| *stop).await;
+                tracing::info!("shutting down");
+                // WebSockets never end by themselves: tell them to go (1001) so apps
+                // reconnect to another process, and the server can drain.
+                registry.close_all();
+            })
+            .await?;
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        Ok(())
+    });
+    Ok(System {
+        http_addr,
+        store_id,
+        stop,
+        server,
+    })
 }
 
 /// The location consumer with the Redis geo projection, and the matcher.
@@ -275,5 +339,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-    tracing::info!("shutting down");
 }
