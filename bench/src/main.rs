@@ -12,6 +12,11 @@
 //! - `geo`: nearest-5 driver search (in-process grid vs Redis `GEOSEARCH`) and location
 //!   ingest (batched consumer vs a Redis round trip per ping).
 
+/// mimalloc: every tool here moves rows between threads (reader → checkers, tasks →
+/// the store's batcher), where glibc malloc's arenas contend (ADR 0005).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cqrs_baseline;
 mod geo;
 mod pipeline;

@@ -36,24 +36,32 @@ pub struct HashedFields<'a> {
 
 /// `sha256(prev || canonical(fields))`.
 pub fn event_hash(prev: &[u8], fields: &HashedFields<'_>) -> [u8; 32] {
-    let mut buf = Vec::with_capacity(256);
-    buf.extend_from_slice(b"{\"aggregate_id\":");
-    write_canonical(&mut buf, &Value::String(fields.aggregate_id.to_owned()));
-    buf.extend_from_slice(b",\"aggregate_type\":");
-    write_canonical(&mut buf, &Value::String(fields.aggregate_type.to_owned()));
-    buf.extend_from_slice(format!(",\"event_type\":\"{}\"", fields.event_type).as_bytes());
-    buf.extend_from_slice(format!(",\"event_version\":{}", fields.event_version).as_bytes());
-    buf.extend_from_slice(b",\"metadata\":");
-    write_canonical(&mut buf, fields.metadata);
-    buf.extend_from_slice(b",\"payload\":");
-    write_canonical(&mut buf, fields.payload);
-    buf.extend_from_slice(format!(",\"sequence\":{}}}", fields.sequence).as_bytes());
+    use std::io::Write as _;
+    thread_local! {
+        // The rendering buffer, reused: auditors hash every event of the store.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    }
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        // Writing into a Vec cannot fail.
+        buf.extend_from_slice(b"{\"aggregate_id\":");
+        let _ = serde_json::to_writer(&mut *buf, fields.aggregate_id);
+        buf.extend_from_slice(b",\"aggregate_type\":");
+        let _ = serde_json::to_writer(&mut *buf, fields.aggregate_type);
+        let _ = write!(buf, ",\"event_type\":\"{}\"", fields.event_type);
+        let _ = write!(buf, ",\"event_version\":{}", fields.event_version);
+        buf.extend_from_slice(b",\"metadata\":");
+        write_canonical(buf, fields.metadata);
+        buf.extend_from_slice(b",\"payload\":");
+        write_canonical(buf, fields.payload);
+        let _ = write!(buf, ",\"sequence\":{}}}", fields.sequence);
 
-    let mut hasher = Sha256::new();
-    hasher.update([CHAIN_VERSION]);
-    hasher.update(prev);
-    hasher.update(&buf);
-    hasher.finalize().into()
+        let mut hasher = Sha256::new();
+        hasher.update([CHAIN_VERSION]);
+        hasher.update(prev);
+        hasher.update(&buf[..]);
+        hasher.finalize().into()
+    })
 }
 
 /// Appends the canonical rendering of `value`: object keys in byte order, no

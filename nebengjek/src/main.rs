@@ -8,6 +8,11 @@
 //! `--role` runs one part alone so that several processes can share one PostgreSQL,
 //! NATS and Redis.
 
+/// mimalloc: every tool here moves rows between threads (reader → checkers, tasks →
+/// the store's batcher), where glibc malloc's arenas contend (ADR 0005).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use nebengjek::{config, demo, startup, Role};
 

@@ -1,5 +1,10 @@
 //! `replay-tools`: the auditors' and operators' command line. Run with `--help`.
 
+/// mimalloc: every tool here moves rows between threads (reader → checkers, tasks →
+/// the store's batcher), where glibc malloc's arenas contend (ADR 0005).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write as _;
 use std::time::Instant;
 
