@@ -52,6 +52,11 @@ pub struct Config {
     pub auth_dev_echo_otp: bool,
     /// `REDIS_KEY_PREFIX`: prepended to the edge's Redis keys.
     pub redis_key_prefix: String,
+    /// `COMMAND_SUBJECT_PREFIX`: put before the NATS command subjects (`cmd.*`), empty
+    /// by default. Processes of one deployment share it; a system started beside
+    /// another on the same NATS (a test, a demo) uses its own, so neither serves the
+    /// other's commands against the wrong database.
+    pub command_subject_prefix: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -227,6 +232,7 @@ impl Config {
             jwt_secret: var("JWT_SECRET"),
             auth_dev_echo_otp: parse("AUTH_DEV_ECHO_OTP", false)?,
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
+            command_subject_prefix: var("COMMAND_SUBJECT_PREFIX").unwrap_or_default(),
         })
     }
 }

@@ -157,8 +157,9 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<System> {
     let mut tasks = Vec::new();
     if matches!(role, Role::All | Role::Commands) {
         let (client, bus, stopped) = (nats.clone(), bus.clone(), stopped.clone());
+        let prefix = config.command_subject_prefix.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(error) = commands::nats::serve(client, bus, String::new(), stopped).await {
+            if let Err(error) = commands::nats::serve(client, bus, prefix, stopped).await {
                 tracing::error!(%error, "NATS ingress stopped");
             }
         }));
