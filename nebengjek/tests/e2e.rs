@@ -1,0 +1,772 @@
+//! End to end: the whole system in this process (`startup::start` with `Role::All`)
+//! against real PostgreSQL, NATS JetStream and Redis, driven only the way apps drive it
+//! — HTTP for login and registration, real WebSockets for everything else — with the
+//! real matcher proposing from drivers' pings. Fares are computed here from the points
+//! sent (haversine and SPEC.md's numbers), never by the domain crate's billing.
+
+mod support;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde_json::{json, Value};
+use support::{haversine_m, point, start, Client, Harness};
+use uuid::Uuid;
+
+/// SPEC §3 Billing.
+const RATE_PER_KM: i64 = 3000;
+const MINIMUM_FARE: i64 = 5000;
+const MAXIMUM_FARE: i64 = 500_000;
+const ADMIN_FEE_PERCENT: i64 = 5;
+const JITTER_M: f64 = 10.0;
+/// `TRIP_MAX_SPEED_KMH` for these tests: trip points are sent 250 ms apart (their
+/// `recorded_at` must stay within 5 s of the server's clock), so a car would be
+/// "too fast" at the default 200 km/h.
+const MAX_SPEED_KMH: f64 = 10_000.0;
+
+const PICKUP: (f64, f64) = (-6.2, 106.8);
+const DESTINATION: (f64, f64) = (-6.17, 106.82);
+
+fn uuid_of(v: &Value) -> Uuid {
+    v.as_str()
+        .unwrap_or_else(|| panic!("a uuid: {v}"))
+        .parse()
+        .expect("a uuid")
+}
+
+fn km(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("a number: {v}"))
+}
+
+/// A fare from billed metres (SPEC: `clamp(round(total_km × rate), min, max)`).
+fn fare_of(total_m: i64) -> i64 {
+    let raw = (total_m * RATE_PER_KM + 500) / 1000;
+    raw.clamp(MINIMUM_FARE, MAXIMUM_FARE)
+}
+
+/// `(adjusted, admin_fee, driver_payout)` for a factor in basis points.
+fn split(fare: i64, factor_bp: i64) -> (i64, i64, i64) {
+    let adjusted = fare * factor_bp / 10_000;
+    let admin = adjusted * ADMIN_FEE_PERCENT / 100;
+    (adjusted, admin, adjusted - admin)
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The trip as SPEC bills it, followed point by point.
+struct Trip {
+    last: ((f64, f64), DateTime<Utc>),
+    total_m: i64,
+}
+
+impl Trip {
+    /// What the server must answer to a point: `{}` (billed or jitter) or
+    /// `{rejected: reason}`.
+    fn feed(&mut self, p: (f64, f64), at: DateTime<Utc>) -> Value {
+        let (last_p, last_at) = self.last;
+        if at <= last_at {
+            return json!({ "rejected": "not_after_previous" });
+        }
+        let d = haversine_m(last_p, p);
+        if d < JITTER_M {
+            return json!({});
+        }
+        let hours = (at - last_at).num_microseconds().expect("short") as f64 / 3.6e9;
+        if d / 1000.0 / hours > MAX_SPEED_KMH {
+            return json!({ "rejected": "too_fast" });
+        }
+        self.total_m += d.round() as i64;
+        self.last = (p, at);
+        json!({})
+    }
+}
+
+/// A driver's socket, online at `at`.
+async fn online(h: &Harness, token: &str, at: (f64, f64)) -> Client {
+    let (mut ws, state) = h.ws(token).await;
+    assert_eq!(state, json!({"match": null, "ride": null}));
+    let ack = ws
+        .ok(
+            "beacon_update",
+            json!({"is_active": true, "lat": at.0, "lon": at.1}),
+        )
+        .await;
+    assert_eq!(ack, json!({}));
+    assert_eq!(ws.ok("location_update", point(at)).await, json!({}));
+    ws
+}
+
+/// The passenger asks for a ride from `PICKUP`: the match id.
+async fn request(passenger: &mut Client) -> Uuid {
+    assert_eq!(passenger.ok("location_update", point(PICKUP)).await, json!({}));
+    let result = passenger
+        .ok(
+            "finder_update",
+            json!({"is_active": true, "pickup": point(PICKUP), "destination": point(DESTINATION)}),
+        )
+        .await;
+    uuid_of(&result["match_id"])
+}
+
+/// The driver accepts `match_id` (proposed to them), the passenger confirms: the ride
+/// id, after both saw `match_confirmed` and `ride_pickup`.
+async fn accept_and_confirm(
+    passenger: &mut Client,
+    driver: &mut Client,
+    match_id: Uuid,
+    driver_id: Uuid,
+) -> Uuid {
+    let ack = driver
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    assert_eq!(ack["status"], "DRIVER_ACCEPTED", "{ack}");
+    let accepted = passenger.push("match_accepted").await;
+    assert_eq!(
+        (uuid_of(&accepted["match_id"]), uuid_of(&accepted["driver_id"])),
+        (match_id, driver_id)
+    );
+    let ack = passenger
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    assert_eq!(ack["status"], "CONFIRMED", "{ack}");
+    let mine = passenger.push("match_confirmed").await;
+    let theirs = driver.push("match_confirmed").await;
+    assert_eq!(mine, theirs);
+    assert_eq!(uuid_of(&mine["match_id"]), match_id);
+    let ride_id = uuid_of(&mine["ride_id"]);
+    for ws in [passenger, driver] {
+        let pickup = ws.push("ride_pickup").await;
+        assert_eq!(
+            (
+                uuid_of(&pickup["ride_id"]),
+                uuid_of(&pickup["match_id"]),
+                pickup["status"].as_str()
+            ),
+            (ride_id, match_id, Some("PENDING")),
+            "{pickup}"
+        );
+        assert_eq!(uuid_of(&pickup["driver_id"]), driver_id);
+    }
+    ride_id
+}
+
+/// From a request to a PENDING ride with the real matcher: `(match_id, ride_id)`.
+async fn matched_ride(passenger: &mut Client, driver: &mut Client, driver_id: Uuid) -> (Uuid, Uuid) {
+    let match_id = request(passenger).await;
+    let proposal = driver.push("match_proposal").await;
+    assert_eq!(uuid_of(&proposal["match_id"]), match_id, "{proposal}");
+    let ride_id = accept_and_confirm(passenger, driver, match_id, driver_id).await;
+    (match_id, ride_id)
+}
+
+/// The driver (at the pickup) starts the ride: the trip's first reference point.
+async fn start_ride(passenger: &mut Client, driver: &mut Client, ride_id: Uuid, at: (f64, f64)) -> Trip {
+    assert_eq!(driver.ok("location_update", point(at)).await, json!({}));
+    let ack = driver.ok("ride_start", json!({"ride_id": ride_id})).await;
+    assert_eq!(ack["status"], "IN_PROGRESS", "{ack}");
+    let started = driver.push("ride_started").await;
+    assert_eq!(passenger.push("ride_started").await, started);
+    let started_at: DateTime<Utc> = started["started_at"]
+        .as_str()
+        .expect("started_at")
+        .parse()
+        .expect("RFC 3339");
+    Trip {
+        last: (at, started_at),
+        total_m: 0,
+    }
+}
+
+/// Sends `(point, milliseconds after the ride started)` and checks every ack against
+/// the trip computed here.
+async fn drive(
+    driver: &mut Client,
+    trip: &mut Trip,
+    started_at: DateTime<Utc>,
+    points: &[((f64, f64), i64)],
+) {
+    for &(p, ms) in points {
+        let at = started_at + TimeDelta::milliseconds(ms);
+        let expected = trip.feed(p, at);
+        let result = driver
+            .ok(
+                "location_update",
+                json!({"lat": p.0, "lon": p.1, "recorded_at": rfc3339(at)}),
+            )
+            .await;
+        assert_eq!(result, expected, "the point {p:?} at +{ms} ms");
+    }
+}
+
+/// The ride read (`GET /v1/rides/{id}`) once the read model shows `status`.
+async fn ride_read(h: &Harness, token: &str, ride_id: Uuid, status: &str) -> Value {
+    h.http_until(&format!("/v1/rides/{ride_id}"), token, |code, body| {
+        code == 200 && body["status"] == status
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_ride_from_otp_login_to_ride_completed_is_billed_from_the_points_sent() {
+    let h = start(|c| c.policy.trip.max_speed_kmh = MAX_SPEED_KMH).await;
+    let (passenger_id, passenger_token) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("b1234xyz").await;
+    let (status, me) = h.http("GET", "/v1/me", Some(&driver_token), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["driver"]["vehicle_plate"], "B 1234 XYZ", "{me}");
+
+    let driver_at = (-6.209, 106.8);
+    let mut driver = online(&h, &driver_token, driver_at).await;
+    let (mut passenger, state) = h.ws(&passenger_token).await;
+    assert_eq!(state, json!({"match": null, "ride": null}));
+    let match_id = request(&mut passenger).await;
+
+    // The real matcher proposes the match to the driver, who is ~1 km away.
+    let proposal = driver.push("match_proposal").await;
+    let to_pickup_km = haversine_m(driver_at, PICKUP) / 1000.0;
+    let straight_m = haversine_m(PICKUP, DESTINATION).round() as i64;
+    assert_eq!(uuid_of(&proposal["match_id"]), match_id);
+    assert_eq!(uuid_of(&proposal["passenger_id"]), passenger_id);
+    assert_eq!(
+        (&proposal["pickup"], &proposal["destination"]),
+        (&point(PICKUP), &point(DESTINATION))
+    );
+    assert!(
+        (km(&proposal["distance_km"]) - to_pickup_km).abs() < 0.0011,
+        "{proposal} vs {to_pickup_km}"
+    );
+    let eta = proposal["eta_seconds"].as_f64().expect("eta");
+    assert!((eta - to_pickup_km / 30.0 * 3600.0).abs() <= 1.5, "{proposal}");
+    assert!(
+        (proposal["fare_estimate"].as_i64().expect("fare_estimate") - fare_of(straight_m)).abs() <= 3,
+        "{proposal}"
+    );
+
+    let ack = driver
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    assert_eq!(ack["status"], "DRIVER_ACCEPTED");
+    let accepted = passenger.push("match_accepted").await;
+    assert_eq!(uuid_of(&accepted["driver_id"]), driver_id);
+    assert_eq!(
+        (
+            accepted["vehicle_type"].as_str(),
+            accepted["vehicle_plate"].as_str()
+        ),
+        (Some("car"), Some("B 1234 XYZ"))
+    );
+    let ack = passenger
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    assert_eq!(ack["status"], "CONFIRMED");
+    let ride_id = uuid_of(&passenger.push("match_confirmed").await["ride_id"]);
+    assert_eq!(uuid_of(&driver.push("match_confirmed").await["ride_id"]), ride_id);
+    for ws in [&mut passenger, &mut driver] {
+        let pickup = ws.push("ride_pickup").await;
+        assert_eq!(uuid_of(&pickup["ride_id"]), ride_id);
+        assert_eq!(uuid_of(&pickup["passenger_id"]), passenger_id);
+    }
+
+    // A kilometre from the passenger is too far to start.
+    driver
+        .refused("ride_start", json!({"ride_id": ride_id}), "too_far")
+        .await;
+    let at_pickup = (-6.2004, 106.8); // ~44 m from the passenger
+    let mut trip = start_ride(&mut passenger, &mut driver, ride_id, at_pickup).await;
+    let started_at = trip.last.1;
+
+    let north = |k: f64| (at_pickup.0 + 0.003 * k, at_pickup.1);
+    let mut points = vec![
+        (north(1.0), 250),
+        (north(2.0), 500),
+        ((north(2.0).0 + 0.00003, north(2.0).1), 750), // ~3 m: jitter
+        ((north(2.0).0 + 0.05, north(2.0).1), 1000),   // ~5.6 km in 0.5 s: too fast
+        (north(3.0), 500),                             // not after the last accepted point
+    ];
+    for k in 3..=10 {
+        points.push((north(k as f64), 1000 + 250 * k));
+    }
+    points.push(((north(10.0).0 + 0.00002, north(10.0).1), 3750)); // jitter at arrival
+    drive(&mut driver, &mut trip, started_at, &points).await;
+    assert!(
+        trip.total_m > 3000,
+        "the test's trip is billed above the minimum fare"
+    );
+
+    let ack = driver
+        .ok(
+            "ride_arrived",
+            json!({"ride_id": ride_id, "adjustment_factor": 0.9}),
+        )
+        .await;
+    assert_eq!(ack["status"], "ARRIVED");
+    let fare = fare_of(trip.total_m);
+    let (adjusted, admin_fee, payout) = split(fare, 9000);
+    let total_km = trip.total_m as f64 / 1000.0;
+    let request = passenger.push("payment_request").await;
+    assert_eq!(uuid_of(&request["ride_id"]), ride_id);
+    assert!(
+        (km(&request["distance_km"]) - total_km).abs() < 1e-9,
+        "{request} vs {total_km}"
+    );
+    assert_eq!(
+        (
+            request["fare"].as_i64(),
+            request["amount"].as_i64(),
+            request["admin_fee"].as_i64(),
+            request["driver_payout"].as_i64()
+        ),
+        (Some(fare), Some(adjusted), Some(admin_fee), Some(payout)),
+        "{request}"
+    );
+    assert_eq!(request["adjustment_factor"].to_string().trim_matches('"'), "0.9");
+
+    passenger
+        .refused(
+            "payment_process",
+            json!({"ride_id": ride_id, "amount": adjusted + 1, "accepted": true}),
+            "amount_mismatch",
+        )
+        .await;
+    let ack = passenger
+        .ok(
+            "payment_process",
+            json!({"ride_id": ride_id, "amount": adjusted, "accepted": true}),
+        )
+        .await;
+    assert_eq!(ack["status"], "COMPLETED");
+    let completed = passenger.push("ride_completed").await;
+    assert_eq!(driver.push("ride_completed").await, completed);
+    let (ride, payment) = (&completed["ride"], &completed["payment"]);
+    assert_eq!(uuid_of(&ride["ride_id"]), ride_id);
+    assert_eq!(ride["status"], "COMPLETED");
+    assert!((km(&ride["distance_km"]) - total_km).abs() < 1e-9, "{completed}");
+    assert_eq!(ride["fare"].as_i64(), Some(fare), "{completed}");
+    assert_eq!(
+        (
+            payment["adjusted_cost"].as_i64(),
+            payment["admin_fee"].as_i64(),
+            payment["driver_payout"].as_i64(),
+            payment["status"].as_str()
+        ),
+        (Some(adjusted), Some(admin_fee), Some(payout), Some("ACCEPTED")),
+        "{completed}"
+    );
+
+    // The read model says the same, to the passenger and to the driver.
+    let read = ride_read(&h, &passenger_token, ride_id, "COMPLETED").await;
+    assert!((km(&read["distance_km"]) - total_km).abs() < 1e-9, "{read}");
+    assert_eq!(
+        (
+            read["fare"].as_i64(),
+            read["adjusted_fare"].as_i64(),
+            read["admin_fee"].as_i64(),
+            read["driver_payout"].as_i64()
+        ),
+        (Some(fare), Some(adjusted), Some(admin_fee), Some(payout)),
+        "{read}"
+    );
+    assert_eq!(uuid_of(&read["driver_id"]), driver_id);
+    let (status, _) = h
+        .http("GET", &format!("/v1/rides/{ride_id}"), Some(&driver_token), None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, stranger) = h.passenger().await;
+    let (status, _) = h
+        .http("GET", &format!("/v1/rides/{ride_id}"), Some(&stranger), None)
+        .await;
+    assert_eq!(status, 404, "a stranger does not see the ride");
+
+    // Nothing is open any more.
+    let (_, state) = h.ws(&passenger_token).await;
+    assert_eq!(state, json!({"match": null, "ride": null}));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_proposal_is_rematched_to_another_driver() {
+    // One candidate per round, so a decline visibly moves the match to the other driver.
+    let h = start(|c| c.policy.matching.max_drivers_per_request = 1).await;
+    let (_, passenger_token) = h.passenger().await;
+    let (a_id, a_token) = h.driver("B 1 A").await;
+    let (b_id, b_token) = h.driver("B 2 B").await;
+    let mut a = online(&h, &a_token, (-6.205, 106.8)).await;
+    let mut b = online(&h, &b_token, (-6.21, 106.8)).await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    let match_id = request(&mut passenger).await;
+
+    // Whoever the matcher found first declines (the matcher may have seen one driver's
+    // pings before the other's).
+    let (first, first_id, second, second_id) = tokio::select! {
+        p = a.push("match_proposal") => { assert_eq!(uuid_of(&p["match_id"]), match_id); (&mut a, a_id, &mut b, b_id) }
+        p = b.push("match_proposal") => { assert_eq!(uuid_of(&p["match_id"]), match_id); (&mut b, b_id, &mut a, a_id) }
+    };
+    let ack = first
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": false}))
+        .await;
+    assert_eq!(ack["status"], "SEARCHING", "{ack}");
+    let proposal = second.push("match_proposal").await;
+    assert_eq!(uuid_of(&proposal["match_id"]), match_id);
+    // The decliner may not change their mind.
+    first
+        .refused(
+            "match_confirm",
+            json!({"match_id": match_id, "accepted": true}),
+            "invalid_transition",
+        )
+        .await;
+    let ride_id = accept_and_confirm(&mut passenger, second, match_id, second_id).await;
+    assert!(
+        first.take_buffered("match_proposal").is_empty(),
+        "the decliner is never proposed the match again"
+    );
+    let read = ride_read(&h, &passenger_token, ride_id, "PENDING").await;
+    assert_eq!(uuid_of(&read["driver_id"]), second_id);
+    assert_ne!(first_id, second_id);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_match_times_out_round_by_round_and_expires() {
+    // MATCHING_RESPONSE_TIMEOUT_SEC=1 and MATCHING_MAX_RETRIES=2: the whole search
+    // lasts about two seconds.
+    let h = start(|c| {
+        c.policy.matching.response_timeout_s = 1;
+        c.policy.matching.max_rounds = 2;
+    })
+    .await;
+    let (_, passenger_token) = h.passenger().await;
+    let (_, driver_token) = h.driver("B 3 C").await;
+    let mut driver = online(&h, &driver_token, (-6.205, 106.8)).await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    let match_id = request(&mut passenger).await;
+    let proposal = driver.push("match_proposal").await;
+    assert_eq!(uuid_of(&proposal["match_id"]), match_id);
+
+    // The driver does not answer: the round times out (the proposal is withdrawn), the
+    // second round finds nobody new, and the match expires.
+    let withdrawn = driver.push("match_withdrawn").await;
+    assert_eq!(uuid_of(&withdrawn["match_id"]), match_id);
+    let expired = passenger.push("match_expired").await;
+    assert_eq!(uuid_of(&expired["match_id"]), match_id);
+    driver
+        .refused(
+            "match_confirm",
+            json!({"match_id": match_id, "accepted": true}),
+            "invalid_transition",
+        )
+        .await;
+    // Timeouts are events.
+    let mut db = h.db().await;
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'match' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(match_id)
+    .fetch_all(&mut db)
+    .await
+    .expect("the match's events");
+    assert!(kinds.iter().any(|k| k == "round_timed_out"), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("expired"), "{kinds:?}");
+
+    // The passenger is free to ask again, and the same driver is proposed the new match.
+    let (mut passenger, state) = h.ws(&passenger_token).await;
+    assert_eq!(state["match"], Value::Null, "{state}");
+    let again = request(&mut passenger).await;
+    assert_ne!(again, match_id);
+    let proposal = driver.push("match_proposal").await;
+    assert_eq!(uuid_of(&proposal["match_id"]), again);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_match_and_a_cancelled_ride_free_the_driver_for_the_next_passenger() {
+    let h = start(|_| {}).await;
+    let (_, passenger_token) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 4 D").await;
+    let mut driver = online(&h, &driver_token, (-6.205, 106.8)).await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+
+    // The passenger gives up while the match is proposed: the proposal is withdrawn.
+    let match_id = request(&mut passenger).await;
+    assert_eq!(
+        uuid_of(&driver.push("match_proposal").await["match_id"]),
+        match_id
+    );
+    passenger.ok("finder_update", json!({"is_active": false})).await;
+    assert_eq!(
+        uuid_of(&driver.push("match_withdrawn").await["match_id"]),
+        match_id
+    );
+
+    // A ride cancelled before it starts.
+    let (_, ride_id) = matched_ride(&mut passenger, &mut driver, driver_id).await;
+    passenger
+        .refused(
+            "ride_cancel",
+            json!({"ride_id": ride_id, "reason": " "}),
+            "validation_failed",
+        )
+        .await;
+    let ack = driver
+        .ok("ride_cancel", json!({"ride_id": ride_id, "reason": "flat tyre"}))
+        .await;
+    assert_eq!(ack["status"], "CANCELLED");
+    for ws in [&mut passenger, &mut driver] {
+        let cancelled = ws.push("ride_cancelled").await;
+        assert_eq!(
+            cancelled,
+            json!({"ride_id": ride_id, "by": "driver", "reason": "flat tyre"})
+        );
+    }
+    driver
+        .refused("ride_start", json!({"ride_id": ride_id}), "invalid_transition")
+        .await;
+    ride_read(&h, &passenger_token, ride_id, "CANCELLED").await;
+
+    // The driver is available again: the next request is proposed to them.
+    let (_, next_ride) = matched_ride(&mut passenger, &mut driver, driver_id).await;
+    assert_ne!(next_ride, ride_id);
+    let ack = passenger
+        .ok(
+            "ride_cancel",
+            json!({"ride_id": next_ride, "reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(ack["status"], "CANCELLED");
+    assert_eq!(driver.push("ride_cancelled").await["by"], "passenger");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_payment_leaves_the_ride_payable_and_a_later_payment_completes_it() {
+    let h = start(|_| {}).await;
+    let (_, passenger_token) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 5 E").await;
+    let mut driver = online(&h, &driver_token, (-6.2004, 106.8)).await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    let (_, ride_id) = matched_ride(&mut passenger, &mut driver, driver_id).await;
+    start_ride(&mut passenger, &mut driver, ride_id, (-6.2004, 106.8)).await;
+    // No trip point: the minimum fare.
+    driver.ok("ride_arrived", json!({"ride_id": ride_id})).await;
+    let request = passenger.push("payment_request").await;
+    let (adjusted, admin_fee, payout) = split(MINIMUM_FARE, 10_000);
+    assert_eq!(request["amount"].as_i64(), Some(adjusted), "{request}");
+
+    // The passenger declines to pay (SPEC §3: `accepted: false`): the ride stays ARRIVED.
+    let ack = passenger
+        .ok(
+            "payment_process",
+            json!({"ride_id": ride_id, "amount": adjusted, "accepted": false}),
+        )
+        .await;
+    assert_eq!(ack["status"], "ARRIVED", "{ack}");
+    let (_, state) = h.ws(&passenger_token).await;
+    let open = &state["ride"];
+    assert_eq!(
+        (open["status"].as_str(), open["payment"]["status"].as_str()),
+        (Some("ARRIVED"), Some("DECLINED")),
+        "{state}"
+    );
+    assert!(passenger.take_buffered("ride_completed").is_empty());
+
+    // Paid later: completed.
+    let ack = passenger
+        .ok(
+            "payment_process",
+            json!({"ride_id": ride_id, "amount": adjusted, "accepted": true}),
+        )
+        .await;
+    assert_eq!(ack["status"], "COMPLETED");
+    for ws in [&mut passenger, &mut driver] {
+        let completed = ws.push("ride_completed").await;
+        assert_eq!(
+            (
+                completed["payment"]["adjusted_cost"].as_i64(),
+                completed["payment"]["admin_fee"].as_i64(),
+                completed["payment"]["driver_payout"].as_i64(),
+                completed["payment"]["status"].as_str()
+            ),
+            (Some(adjusted), Some(admin_fee), Some(payout), Some("ACCEPTED")),
+            "{completed}"
+        );
+    }
+    let read = ride_read(&h, &passenger_token, ride_id, "COMPLETED").await;
+    assert_eq!(read["adjusted_fare"].as_i64(), Some(adjusted));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_mid_ride_shows_the_open_ride_and_the_ride_goes_on_to_completion() {
+    let h = start(|c| c.policy.trip.max_speed_kmh = MAX_SPEED_KMH).await;
+    let (_, passenger_token) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 6 F").await;
+    let mut driver = online(&h, &driver_token, (-6.2004, 106.8)).await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    let match_id = request(&mut passenger).await;
+    driver.push("match_proposal").await;
+    driver
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    passenger.push("match_accepted").await;
+
+    // The passenger's app restarts while a driver waits for confirmation.
+    passenger.close().await;
+    let (mut passenger, state) = h.ws(&passenger_token).await;
+    let open = &state["match"];
+    assert_eq!(
+        (
+            open["status"].as_str(),
+            open["driver_id"].as_str().map(|d| d.parse::<Uuid>().ok())
+        ),
+        (Some("DRIVER_ACCEPTED"), Some(Some(driver_id))),
+        "{state}"
+    );
+    assert_eq!(open["vehicle_plate"], "B 6 F", "{state}");
+    passenger
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    let ride_id = uuid_of(&passenger.push("ride_pickup").await["ride_id"]);
+    assert_eq!(uuid_of(&driver.push("ride_pickup").await["ride_id"]), ride_id);
+
+    let at_pickup = (-6.2004, 106.8);
+    let mut trip = start_ride(&mut passenger, &mut driver, ride_id, at_pickup).await;
+    let started_at = trip.last.1;
+    let north = |k: f64| (at_pickup.0 + 0.004 * k, at_pickup.1);
+    drive(
+        &mut driver,
+        &mut trip,
+        started_at,
+        &[(north(1.0), 300), (north(2.0), 600)],
+    )
+    .await;
+
+    // The driver's socket drops mid-ride: on reconnect, the ride in progress.
+    driver.close().await;
+    let (mut driver, state) = h.ws(&driver_token).await;
+    let open = &state["ride"];
+    assert_eq!(state["match"], Value::Null, "{state}");
+    assert_eq!(
+        (uuid_of(&open["ride_id"]), open["status"].as_str()),
+        (ride_id, Some("IN_PROGRESS")),
+        "{state}"
+    );
+    assert!(
+        (km(&open["distance_km"]) - trip.total_m as f64 / 1000.0).abs() < 1e-9,
+        "{state}"
+    );
+    drive(
+        &mut driver,
+        &mut trip,
+        started_at,
+        &[(north(3.0), 900), (north(4.0), 1200)],
+    )
+    .await;
+
+    // The passenger is away when the driver arrives.
+    passenger.close().await;
+    let arrived = driver
+        .send_as("arrive-1", "ride_arrived", json!({"ride_id": ride_id}))
+        .await;
+    assert_eq!(arrived["result"]["status"], "ARRIVED", "{arrived}");
+    // A resend on a new connection gets the same answer and changes nothing.
+    driver.close().await;
+    let (mut driver, _) = h.ws(&driver_token).await;
+    let resent = driver
+        .send_as("arrive-1", "ride_arrived", json!({"ride_id": ride_id}))
+        .await;
+    assert_eq!(resent, arrived);
+
+    let fare = fare_of(trip.total_m);
+    let (passenger_again, state) = h.ws(&passenger_token).await;
+    let mut passenger = passenger_again;
+    let open = &state["ride"];
+    assert_eq!(
+        (
+            uuid_of(&open["ride_id"]),
+            open["status"].as_str(),
+            open["fare"].as_i64(),
+            open["amount"].as_i64(),
+            open["payment"]["status"].as_str()
+        ),
+        (ride_id, Some("ARRIVED"), Some(fare), Some(fare), Some("PENDING")),
+        "{state}"
+    );
+    passenger
+        .ok(
+            "payment_process",
+            json!({"ride_id": ride_id, "amount": fare, "accepted": true}),
+        )
+        .await;
+    let completed = passenger.push("ride_completed").await;
+    assert_eq!(driver.push("ride_completed").await, completed);
+    assert_eq!(completed["ride"]["fare"].as_i64(), Some(fare));
+    let (_, state) = h.ws(&driver_token).await;
+    assert_eq!(state, json!({"match": null, "ride": null}));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysts_see_nearby_drivers_after_their_pings_and_passengers_are_forbidden() {
+    let h = start(|_| {}).await;
+    let (_, analyst) = h.analyst().await;
+    let (_, passenger) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 7 G").await;
+    let at = (-6.205, 106.8);
+    let mut driver = online(&h, &driver_token, at).await;
+
+    let path = format!("/v1/drivers/nearby?lat={}&lon={}&radius_km=5", PICKUP.0, PICKUP.1);
+    let has_driver = |code: u16, body: &Value| {
+        code == 200
+            && body["drivers"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["driver_id"] == driver_id.to_string()))
+    };
+    let body = h.http_until(&path, &analyst, has_driver).await;
+    let found = body["drivers"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["driver_id"] == driver_id.to_string()))
+        .expect("the driver")
+        .clone();
+    let expected_km = haversine_m(at, PICKUP) / 1000.0;
+    assert!(
+        (km(&found["distance_km"]) - expected_km).abs() < 0.01,
+        "{found} vs {expected_km}"
+    );
+    assert!(
+        (km(&found["lat"]) - at.0).abs() < 1e-4 && (km(&found["lon"]) - at.1).abs() < 1e-4,
+        "{found}"
+    );
+
+    // Too far away: not listed.
+    let far = format!("/v1/drivers/nearby?lat={}&lon={}&radius_km=1", -6.3, 106.8);
+    let (status, body) = h.http("GET", &far, Some(&analyst), None).await;
+    assert_eq!(
+        (status, body["drivers"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{body}"
+    );
+
+    for token in [&passenger, &driver_token] {
+        let (status, body) = h.http("GET", &path, Some(token), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{body}"
+        );
+    }
+    let (status, _) = h.http("GET", &path, None, None).await;
+    assert_eq!(status, 401);
+
+    // Offline: gone from the index.
+    driver
+        .ok(
+            "beacon_update",
+            json!({"is_active": false, "lat": at.0, "lon": at.1}),
+        )
+        .await;
+    h.http_until(&path, &analyst, |code, body| {
+        code == 200 && !has_driver(code, body)
+    })
+    .await;
+    h.finish().await;
+}
