@@ -8,7 +8,12 @@ mod support;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{json, Value};
-use support::{haversine_m, point, start, Client, Harness};
+use std::sync::Arc;
+
+use commands::ports::{ChargeError, ScriptedProvider};
+use domain::{RideId, Rupiah};
+use nebengjek::startup::Ports;
+use support::{haversine_m, point, start, start_with, Client, Harness};
 use uuid::Uuid;
 
 /// SPEC §3 Billing.
@@ -57,6 +62,8 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 struct Trip {
     last: ((f64, f64), DateTime<Utc>),
     total_m: i64,
+    /// Billed metres after each accepted point, from 0.
+    cum_m: Vec<i64>,
 }
 
 impl Trip {
@@ -76,6 +83,7 @@ impl Trip {
             return json!({ "rejected": "too_fast" });
         }
         self.total_m += d.round() as i64;
+        self.cum_m.push(self.total_m);
         self.last = (p, at);
         json!({})
     }
@@ -174,6 +182,7 @@ async fn start_ride(passenger: &mut Client, driver: &mut Client, ride_id: Uuid, 
     Trip {
         last: (at, started_at),
         total_m: 0,
+        cum_m: vec![0],
     }
 }
 
@@ -292,6 +301,12 @@ async fn a_whole_ride_from_otp_login_to_ride_completed_is_billed_from_the_points
         trip.total_m > 3000,
         "the test's trip is billed above the minimum fare"
     );
+    // Each segment costs round(cum_after × rate) − round(cum_before × rate).
+    let segment_costs: Vec<i64> = trip
+        .cum_m
+        .windows(2)
+        .map(|w| (w[1] * RATE_PER_KM + 500) / 1000 - (w[0] * RATE_PER_KM + 500) / 1000)
+        .collect();
 
     let ack = driver
         .ok(
@@ -376,6 +391,31 @@ async fn a_whole_ride_from_otp_login_to_ride_completed_is_billed_from_the_points
         .http("GET", &format!("/v1/rides/{ride_id}"), Some(&stranger), None)
         .await;
     assert_eq!(status, 404, "a stranger does not see the ride");
+
+    // The billing ledger: the segments as computed here, the driver's discount, summing
+    // to the amount paid.
+    let (_, analyst) = h.analyst().await;
+    let ledger = h
+        .http_until(
+            &format!("/v1/billing/ledger?ride_id={ride_id}"),
+            &analyst,
+            |code, body| code == 200 && body["total"].as_i64() == Some(adjusted),
+        )
+        .await;
+    let entries = ledger["entries"].as_array().expect("entries");
+    let costs = |kind: &str| -> Vec<i64> {
+        entries
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| e["cost"].as_i64().expect("cost"))
+            .collect()
+    };
+    assert_eq!(costs("trip_segment"), segment_costs, "{ledger}");
+    assert_eq!(costs("driver_discount"), vec![adjusted - fare], "{ledger}");
+    assert!(
+        costs("minimum_fare").is_empty() && costs("maximum_fare").is_empty(),
+        "{ledger}"
+    );
 
     // Nothing is open any more.
     let (_, state) = h.ws(&passenger_token).await;
@@ -538,10 +578,21 @@ async fn a_cancelled_match_and_a_cancelled_ride_free_the_driver_for_the_next_pas
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_declined_payment_leaves_the_ride_payable_and_a_later_payment_completes_it() {
-    let h = start(|_| {}).await;
+async fn failed_and_declined_payments_leave_the_ride_payable_and_a_later_payment_completes_it() {
+    // The provider refuses the first charge for good (SPEC §3: "a test provider fails
+    // on demand"), then accepts.
+    let provider = Arc::new(ScriptedProvider::default());
+    provider.push(Err(ChargeError::Declined("card declined".into())));
+    let h = start_with(
+        |_| {},
+        Ports {
+            payments: provider.clone(),
+        },
+    )
+    .await;
     let (_, passenger_token) = h.passenger().await;
     let (driver_id, driver_token) = h.driver("B 5 E").await;
+    let (_, analyst) = h.analyst().await;
     let mut driver = online(&h, &driver_token, (-6.2004, 106.8)).await;
     let (mut passenger, _) = h.ws(&passenger_token).await;
     let (_, ride_id) = matched_ride(&mut passenger, &mut driver, driver_id).await;
@@ -551,8 +602,23 @@ async fn a_declined_payment_leaves_the_ride_payable_and_a_later_payment_complete
     let request = passenger.push("payment_request").await;
     let (adjusted, admin_fee, payout) = split(MINIMUM_FARE, 10_000);
     assert_eq!(request["amount"].as_i64(), Some(adjusted), "{request}");
+    let pay = json!({"ride_id": ride_id, "amount": adjusted, "accepted": true});
 
-    // The passenger declines to pay (SPEC §3: `accepted: false`): the ride stays ARRIVED.
+    // The provider refuses: `payment_failed`, the ride stays ARRIVED.
+    passenger
+        .refused("payment_process", pay.clone(), "payment_failed")
+        .await;
+    let (_, state) = h.ws(&passenger_token).await;
+    assert_eq!(
+        (
+            state["ride"]["status"].as_str(),
+            state["ride"]["payment"]["status"].as_str()
+        ),
+        (Some("ARRIVED"), Some("FAILED")),
+        "{state}"
+    );
+
+    // The passenger declines to pay (SPEC §3: `accepted: false`): still ARRIVED.
     let ack = passenger
         .ok(
             "payment_process",
@@ -561,21 +627,18 @@ async fn a_declined_payment_leaves_the_ride_payable_and_a_later_payment_complete
         .await;
     assert_eq!(ack["status"], "ARRIVED", "{ack}");
     let (_, state) = h.ws(&passenger_token).await;
-    let open = &state["ride"];
     assert_eq!(
-        (open["status"].as_str(), open["payment"]["status"].as_str()),
+        (
+            state["ride"]["status"].as_str(),
+            state["ride"]["payment"]["status"].as_str()
+        ),
         (Some("ARRIVED"), Some("DECLINED")),
         "{state}"
     );
     assert!(passenger.take_buffered("ride_completed").is_empty());
 
     // Paid later: completed.
-    let ack = passenger
-        .ok(
-            "payment_process",
-            json!({"ride_id": ride_id, "amount": adjusted, "accepted": true}),
-        )
-        .await;
+    let ack = passenger.ok("payment_process", pay).await;
     assert_eq!(ack["status"], "COMPLETED");
     for ws in [&mut passenger, &mut driver] {
         let completed = ws.push("ride_completed").await;
@@ -590,8 +653,27 @@ async fn a_declined_payment_leaves_the_ride_payable_and_a_later_payment_complete
             "{completed}"
         );
     }
+    let ride = RideId::from_uuid(ride_id);
+    assert_eq!(
+        provider.calls(),
+        vec![(ride, Rupiah::new(adjusted)), (ride, Rupiah::new(adjusted))],
+        "charged twice (the failure, the success); the decline charges nothing"
+    );
     let read = ride_read(&h, &passenger_token, ride_id, "COMPLETED").await;
     assert_eq!(read["adjusted_fare"].as_i64(), Some(adjusted));
+    // Every outcome is an attempt.
+    let payments = h
+        .http_until(
+            &format!("/v1/payments?ride_id={ride_id}"),
+            &analyst,
+            |code, body| code == 200 && body["payments"][0]["status"] == "ACCEPTED",
+        )
+        .await;
+    assert_eq!(
+        payments["payments"][0]["attempts"].as_i64(),
+        Some(3),
+        "{payments}"
+    );
     h.finish().await;
 }
 

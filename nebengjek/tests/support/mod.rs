@@ -64,6 +64,11 @@ pub fn test_config() -> (Config, String) {
 
 /// Starts the whole system, with `tweak` applied to the test configuration.
 pub async fn start(tweak: impl FnOnce(&mut Config)) -> Harness {
+    start_with(tweak, nebengjek::startup::Ports::default()).await
+}
+
+/// [`start`] with the given adapters (a payment provider that fails on demand).
+pub async fn start_with(tweak: impl FnOnce(&mut Config), ports: nebengjek::startup::Ports) -> Harness {
     let (mut config, database) = test_config();
     tweak(&mut config);
     let admin_url = format!("{}/postgres", server_base(&config.database_url));
@@ -74,7 +79,7 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Harness {
         .execute(&mut admin)
         .await
         .expect("create the test database");
-    let system = nebengjek::startup::start(config.clone(), nebengjek::Role::All)
+    let system = nebengjek::startup::start_with(config.clone(), nebengjek::Role::All, ports)
         .await
         .unwrap_or_else(|e| {
             panic!("the system starts (PostgreSQL, NATS with JetStream, Redis running?): {e:#}")
