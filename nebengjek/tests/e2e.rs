@@ -852,3 +852,85 @@ async fn analysts_see_nearby_drivers_after_their_pings_and_passengers_are_forbid
     .await;
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_match_goes_to_a_driver_who_comes_online_and_a_busy_driver_only_once_free() {
+    let h = start(|_| {}).await;
+    let (_, analyst) = h.analyst().await;
+    let (_, first_token) = h.passenger().await;
+    let (_, second_token) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 8 H").await;
+    let (mut first, _) = h.ws(&first_token).await;
+
+    // Nobody is online: the round waits (30 s by default), and a driver who comes
+    // online within reach during it is proposed the match at once.
+    let match_id = request(&mut first).await;
+    first
+        .refused(
+            "finder_update",
+            json!({"is_active": true, "pickup": point(PICKUP), "destination": point(DESTINATION)}),
+            "already_active",
+        )
+        .await;
+    let at = (-6.2004, 106.8);
+    let driver = online(&h, &driver_token, at).await;
+    let mut driver = driver;
+    let proposal = driver.push("match_proposal").await;
+    assert_eq!(uuid_of(&proposal["match_id"]), match_id);
+    // Only proposed: still available (listed).
+    let path = format!("/v1/drivers/nearby?lat={}&lon={}&radius_km=5", PICKUP.0, PICKUP.1);
+    let listed = move |body: &Value| {
+        body["drivers"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["driver_id"] == driver_id.to_string()))
+    };
+    h.http_until(&path, &analyst, |code, body| code == 200 && listed(body))
+        .await;
+
+    // A driver who reconnects while proposed sees the proposal again.
+    driver.close().await;
+    let (mut driver, state) = h.ws(&driver_token).await;
+    assert_eq!(uuid_of(&state["match"]["match_id"]), match_id, "{state}");
+    assert_eq!(state["match"]["status"], "PROPOSED", "{state}");
+    assert_eq!(state["match"]["distance_km"], proposal["distance_km"], "{state}");
+    let ride_id = accept_and_confirm(&mut first, &mut driver, match_id, driver_id).await;
+
+    // In a ride: not available to analysts' queries, nor proposed the next passenger.
+    h.http_until(&path, &analyst, |code, body| code == 200 && !listed(body))
+        .await;
+    let (mut second, _) = h.ws(&second_token).await;
+    let waiting = request(&mut second).await;
+
+    start_ride(&mut first, &mut driver, ride_id, at).await;
+    driver.ok("ride_arrived", json!({"ride_id": ride_id})).await;
+    // Free again at arrival (docs/decisions.md): the waiting passenger's match is
+    // proposed to them at once, and they are listed again.
+    let proposal = driver.push("match_proposal").await;
+    assert_eq!(uuid_of(&proposal["match_id"]), waiting);
+    let mut db = h.db().await;
+    let (arrived_at, proposed_at): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT position FROM events WHERE aggregate_id = $1 AND event_type = 'arrived'), \
+                (SELECT min(position) FROM events WHERE aggregate_id = $2 AND event_type = 'proposed' \
+                   AND jsonb_array_length(payload->'candidates') > 0)",
+    )
+    .bind(ride_id)
+    .bind(waiting)
+    .fetch_one(&mut db)
+    .await
+    .expect("positions");
+    assert!(
+        proposed_at > arrived_at,
+        "a driver in a ride is never proposed another match ({proposed_at} <= {arrived_at})"
+    );
+    h.http_until(&path, &analyst, |code, body| code == 200 && listed(body))
+        .await;
+    let amount = first.push("payment_request").await["amount"].clone();
+    first
+        .ok(
+            "payment_process",
+            json!({"ride_id": ride_id, "amount": amount, "accepted": true}),
+        )
+        .await;
+    driver.push("ride_completed").await;
+    h.finish().await;
+}
