@@ -743,6 +743,15 @@ async fn reconnecting_mid_ride_shows_the_open_ride_and_the_ride_goes_on_to_compl
         &[(north(3.0), 900), (north(4.0), 1200)],
     )
     .await;
+    // A point stamped more than 5 s after the server's clock is refused, and not billed.
+    let future = rfc3339(Utc::now() + TimeDelta::seconds(60));
+    driver
+        .refused(
+            "location_update",
+            json!({"lat": north(5.0).0, "lon": north(5.0).1, "recorded_at": future}),
+            "validation_failed",
+        )
+        .await;
 
     // The passenger is away when the driver arrives.
     passenger.close().await;
@@ -932,5 +941,75 @@ async fn a_waiting_match_goes_to_a_driver_who_comes_online_and_a_busy_driver_onl
         )
         .await;
     driver.push("ride_completed").await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_drivers_accepting_at_once_one_wins_and_the_other_is_told() {
+    let h = start(|_| {}).await;
+    let (_, passenger_token) = h.passenger().await;
+    let (a_id, a_token) = h.driver("B 11 AA").await;
+    let (b_id, b_token) = h.driver("B 12 BB").await;
+    let mut a = online(&h, &a_token, (-6.205, 106.8)).await;
+    let mut b = online(&h, &b_token, (-6.21, 106.8)).await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    let match_id = request(&mut passenger).await;
+    // Both are proposed (at once, or the second as soon as the matcher sees them).
+    assert_eq!(uuid_of(&a.push("match_proposal").await["match_id"]), match_id);
+    assert_eq!(uuid_of(&b.push("match_proposal").await["match_id"]), match_id);
+
+    let accept = json!({"match_id": match_id, "accepted": true});
+    let (ack_a, ack_b) = tokio::join!(
+        a.send("match_confirm", accept.clone()),
+        b.send("match_confirm", accept.clone())
+    );
+    let (winner_id, loser, loser_ack, winner_ack) = if ack_a["ok"] == true {
+        (a_id, &mut b, ack_b, ack_a)
+    } else {
+        (b_id, &mut a, ack_a, ack_b)
+    };
+    assert_eq!(winner_ack["result"]["status"], "DRIVER_ACCEPTED", "{winner_ack}");
+    assert_eq!(
+        (&loser_ack["ok"], loser_ack["error"]["code"].as_str()),
+        (&json!(false), Some("already_taken")),
+        "{loser_ack}"
+    );
+    assert_eq!(
+        uuid_of(&loser.push("match_withdrawn").await["match_id"]),
+        match_id
+    );
+    let accepted = passenger.push("match_accepted").await;
+    assert_eq!(uuid_of(&accepted["driver_id"]), winner_id);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_commands_on_the_systems_own_subjects_reach_websocket_clients_as_pushes() {
+    let h = start(|_| {}).await;
+    let (passenger_id, _) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 13 CC").await;
+    let mut driver = online(&h, &driver_token, (-6.205, 106.8)).await;
+    let nats = async_nats::connect(&h.config.nats_url).await.expect("NATS");
+    let subject = format!("{}cmd.match.request", h.config.command_subject_prefix);
+    let body = json!({
+        "command_id": Uuid::now_v7().to_string(),
+        "actor": {"user_id": passenger_id, "role": "passenger"},
+        "data": {"is_active": true, "pickup": point(PICKUP), "destination": point(DESTINATION)},
+    });
+    let reply = tokio::time::timeout(support::WAIT, nats.request(subject, body.to_string().into()))
+        .await
+        .expect("a reply in time")
+        .expect("a reply");
+    let reply: Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    assert_eq!(reply["ok"], true, "{reply}");
+    let match_id = uuid_of(&reply["result"]["match_id"]);
+    let proposal = driver.push("match_proposal").await;
+    assert_eq!(uuid_of(&proposal["match_id"]), match_id);
+    assert_eq!(uuid_of(&proposal["passenger_id"]), passenger_id);
+    let ack = driver
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    assert_eq!(ack["status"], "DRIVER_ACCEPTED");
+    assert_ne!(driver_id, passenger_id);
     h.finish().await;
 }

@@ -54,7 +54,7 @@ pub fn test_config() -> (Config, String) {
     config.events_stream = format!("E2E_EVENTS_{run}");
     config.events_subject_prefix = format!("e2e_{run}");
     config.location.stream = format!("E2E_LOCATION_{run}");
-    config.command_subject_prefix = format!("e2e_{run}.");
+    config.command_subject_prefix = format!("e2ecmd_{run}.");
     config.redis_key_prefix = format!("e2e:{run}:");
     config.auth_dev_echo_otp = true;
     config.app_env = nebengjek::config::AppEnv::Development;
