@@ -1013,3 +1013,91 @@ async fn nats_commands_on_the_systems_own_subjects_reach_websocket_clients_as_pu
     assert_ne!(driver_id, passenger_id);
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loses_neither_a_waiting_match_nor_a_ride_in_progress() {
+    let mut h = start(|c| {
+        c.policy.trip.max_speed_kmh = MAX_SPEED_KMH;
+        c.policy.matching.max_drivers_per_request = 1;
+    })
+    .await;
+    let (_, passenger_token) = h.passenger().await;
+    let (a_id, a_token) = h.driver("B 21 AA").await;
+    let (b_id, b_token) = h.driver("B 22 BB").await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    // Nobody online: the match waits across the restart.
+    let match_id = request(&mut passenger).await;
+    let (_, state) = h.ws(&passenger_token).await;
+    assert_eq!(
+        (
+            uuid_of(&state["match"]["match_id"]),
+            state["match"]["status"].as_str()
+        ),
+        (match_id, Some("SEARCHING")),
+        "{state}"
+    );
+    h.restart().await;
+
+    let mut a = online(&h, &a_token, (-6.2004, 106.8)).await;
+    let (mut passenger, state) = h.ws(&passenger_token).await;
+    assert_eq!(uuid_of(&state["match"]["match_id"]), match_id, "{state}");
+    assert_eq!(uuid_of(&a.push("match_proposal").await["match_id"]), match_id);
+    // The passenger turns the first driver down: the search goes on to another.
+    a.ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    passenger.push("match_accepted").await;
+    let ack = passenger
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": false}))
+        .await;
+    assert_eq!(ack["status"], "SEARCHING", "{ack}");
+    assert_eq!(uuid_of(&a.push("match_withdrawn").await["match_id"]), match_id);
+    let mut b = online(&h, &b_token, (-6.2004, 106.8)).await;
+    assert_eq!(uuid_of(&b.push("match_proposal").await["match_id"]), match_id);
+    let ride_id = accept_and_confirm(&mut passenger, &mut b, match_id, b_id).await;
+    assert!(a.take_buffered("match_proposal").is_empty(), "{a_id} is excluded");
+
+    let at_pickup = (-6.2004, 106.8);
+    let mut trip = start_ride(&mut passenger, &mut b, ride_id, at_pickup).await;
+    let started_at = trip.last.1;
+    let north = |k: f64| (at_pickup.0 + 0.004 * k, at_pickup.1);
+    drive(&mut b, &mut trip, started_at, &[(north(1.0), 300)]).await;
+
+    // A restart mid-ride: both reconnect and see the ride; it goes on to completion.
+    h.restart().await;
+    let (mut b, state) = h.ws(&b_token).await;
+    assert_eq!(
+        (
+            uuid_of(&state["ride"]["ride_id"]),
+            state["ride"]["status"].as_str()
+        ),
+        (ride_id, Some("IN_PROGRESS")),
+        "{state}"
+    );
+    let (mut passenger, state) = h.ws(&passenger_token).await;
+    assert_eq!(uuid_of(&state["ride"]["ride_id"]), ride_id, "{state}");
+    drive(
+        &mut b,
+        &mut trip,
+        started_at,
+        &[(north(2.0), 600), (north(3.0), 900)],
+    )
+    .await;
+    b.ok("ride_arrived", json!({"ride_id": ride_id})).await;
+    let fare = fare_of(trip.total_m);
+    let request = passenger.push("payment_request").await;
+    assert_eq!(request["amount"].as_i64(), Some(fare), "{request}");
+    passenger
+        .ok(
+            "payment_process",
+            json!({"ride_id": ride_id, "amount": fare, "accepted": true}),
+        )
+        .await;
+    let completed = passenger.push("ride_completed").await;
+    assert_eq!(b.push("ride_completed").await, completed);
+    let read = ride_read(&h, &passenger_token, ride_id, "COMPLETED").await;
+    assert_eq!(read["fare"].as_i64(), Some(fare));
+    let (status, history) = h.http("GET", "/v1/me/rides", Some(&b_token), None).await;
+    assert_eq!(status, 200, "{history}");
+    assert!(history.to_string().contains(&ride_id.to_string()), "{history}");
+    h.finish().await;
+}

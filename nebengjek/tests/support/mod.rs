@@ -94,6 +94,19 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config), ports: nebengjek::start
 }
 
 impl Harness {
+    /// Stops the system and starts it again on the same database, streams and keys (a
+    /// deploy or a crash-free restart); clients must reconnect, to the new port.
+    pub async fn restart(&mut self) {
+        if let Some(system) = self.system.take() {
+            system.shutdown().await.expect("a clean shutdown");
+        }
+        let system = nebengjek::startup::start(self.config.clone(), nebengjek::Role::All)
+            .await
+            .unwrap_or_else(|e| panic!("the system starts again: {e:#}"));
+        self.addr = system.http_addr;
+        self.system = Some(system);
+    }
+
     /// Stops the system and removes the streams, keys and database of the test.
     pub async fn finish(mut self) {
         if let Some(system) = self.system.take() {
