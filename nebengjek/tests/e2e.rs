@@ -640,8 +640,10 @@ async fn failed_and_declined_payments_leave_the_ride_payable_and_a_later_payment
     // Paid later: completed.
     let ack = passenger.ok("payment_process", pay).await;
     assert_eq!(ack["status"], "COMPLETED");
+    let mut completed_payment_id = Value::Null;
     for ws in [&mut passenger, &mut driver] {
         let completed = ws.push("ride_completed").await;
+        completed_payment_id = completed["payment"]["payment_id"].clone();
         assert_eq!(
             (
                 completed["payment"]["adjusted_cost"].as_i64(),
@@ -674,6 +676,17 @@ async fn failed_and_declined_payments_leave_the_ride_payable_and_a_later_payment
         Some(3),
         "{payments}"
     );
+    // One payment, named the same everywhere.
+    assert_eq!(
+        payments["payments"].as_array().map(Vec::len),
+        Some(1),
+        "{payments}"
+    );
+    assert_eq!(
+        payments["payments"][0]["payment_id"], request["payment_id"],
+        "{payments} {request}"
+    );
+    assert_eq!(completed_payment_id, request["payment_id"], "{request}");
     h.finish().await;
 }
 
@@ -1099,5 +1112,32 @@ async fn a_restart_loses_neither_a_waiting_match_nor_a_ride_in_progress() {
     let (status, history) = h.http("GET", "/v1/me/rides", Some(&b_token), None).await;
     assert_eq!(status, 200, "{history}");
     assert!(history.to_string().contains(&ride_id.to_string()), "{history}");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_proposed_before_a_restart_sees_the_proposal_on_reconnect_and_can_accept_it() {
+    let mut h = start(|_| {}).await;
+    let (_, passenger_token) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 31 CC").await;
+    let mut driver = online(&h, &driver_token, (-6.205, 106.8)).await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    let match_id = request(&mut passenger).await;
+    let proposal = driver.push("match_proposal").await;
+    assert_eq!(uuid_of(&proposal["match_id"]), match_id);
+
+    h.restart().await;
+    let (mut driver, state) = h.ws(&driver_token).await;
+    assert_eq!(
+        (
+            state["match"]["match_id"].as_str(),
+            state["match"]["status"].as_str()
+        ),
+        (Some(match_id.to_string().as_str()), Some("PROPOSED")),
+        "the pending proposal survives the restart: {state}"
+    );
+    assert_eq!(state["match"]["distance_km"], proposal["distance_km"], "{state}");
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    accept_and_confirm(&mut passenger, &mut driver, match_id, driver_id).await;
     h.finish().await;
 }
