@@ -1141,3 +1141,32 @@ async fn a_driver_proposed_before_a_restart_sees_the_proposal_on_reconnect_and_c
     accept_and_confirm(&mut passenger, &mut driver, match_id, driver_id).await;
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passenger_on_an_edge_process_and_a_driver_on_another_ride_together() {
+    let h = start(|_| {}).await;
+    // A second process serving only the edge (`--role api`), beside the first.
+    let edge = h.another(nebengjek::Role::Api).await;
+    let (_, passenger_token) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 41 DD").await;
+    let at = (-6.2004, 106.8);
+    let mut driver = online(&h, &driver_token, at).await;
+    let (mut passenger, state) = h.ws_at(edge.http_addr, &passenger_token).await;
+    assert_eq!(state, json!({"match": null, "ride": null}));
+    let (_, ride_id) = matched_ride(&mut passenger, &mut driver, driver_id).await;
+    start_ride(&mut passenger, &mut driver, ride_id, at).await;
+    driver.ok("ride_arrived", json!({"ride_id": ride_id})).await;
+    let request = passenger.push("payment_request").await;
+    passenger
+        .ok(
+            "payment_process",
+            json!({"ride_id": ride_id, "amount": request["amount"], "accepted": true}),
+        )
+        .await;
+    assert_eq!(
+        passenger.push("ride_completed").await,
+        driver.push("ride_completed").await
+    );
+    edge.shutdown().await.expect("the edge stops");
+    h.finish().await;
+}

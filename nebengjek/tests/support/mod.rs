@@ -107,6 +107,37 @@ impl Harness {
         self.system = Some(system);
     }
 
+    /// Another process of the same deployment (same database, streams and keys) with
+    /// `role`, on its own port. The test shuts it down.
+    pub async fn another(&self, role: nebengjek::Role) -> nebengjek::startup::System {
+        nebengjek::startup::start(self.config.clone(), role)
+            .await
+            .unwrap_or_else(|e| panic!("a second process starts: {e:#}"))
+    }
+
+    /// A WebSocket client of the process at `addr`.
+    pub async fn ws_at(&self, addr: SocketAddr, token: &str) -> (Client, Value) {
+        let mut request = format!("ws://{addr}/ws")
+            .into_client_request()
+            .expect("a request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("a header"),
+        );
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("the upgrade in time")
+            .expect("the upgrade");
+        let mut client = Client {
+            ws,
+            buffer: VecDeque::new(),
+            seq: 0,
+        };
+        let first = client.next_frame().await;
+        assert_eq!(first["type"], "session_state", "{first}");
+        (client, first["data"].clone())
+    }
+
     /// Stops the system and removes the streams, keys and database of the test.
     pub async fn finish(mut self) {
         if let Some(system) = self.system.take() {
@@ -220,25 +251,7 @@ impl Harness {
 
     /// A WebSocket client, after its first frame (`session_state`, returned).
     pub async fn ws(&self, token: &str) -> (Client, Value) {
-        let mut request = format!("ws://{}/ws", self.addr)
-            .into_client_request()
-            .expect("a request");
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("a header"),
-        );
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("the upgrade in time")
-            .expect("the upgrade");
-        let mut client = Client {
-            ws,
-            buffer: VecDeque::new(),
-            seq: 0,
-        };
-        let first = client.next_frame().await;
-        assert_eq!(first["type"], "session_state", "{first}");
-        (client, first["data"].clone())
+        self.ws_at(self.addr, token).await
     }
 }
 
