@@ -64,6 +64,8 @@ struct Trip {
     total_m: i64,
     /// Billed metres after each accepted point, from 0.
     cum_m: Vec<i64>,
+    /// `TRIP_MAX_SPEED_KMH` of the system under test.
+    max_speed_kmh: f64,
 }
 
 impl Trip {
@@ -79,7 +81,7 @@ impl Trip {
             return json!({});
         }
         let hours = (at - last_at).num_microseconds().expect("short") as f64 / 3.6e9;
-        if d / 1000.0 / hours > MAX_SPEED_KMH {
+        if d / 1000.0 / hours > self.max_speed_kmh {
             return json!({ "rejected": "too_fast" });
         }
         self.total_m += d.round() as i64;
@@ -183,6 +185,7 @@ async fn start_ride(passenger: &mut Client, driver: &mut Client, ride_id: Uuid, 
         last: (at, started_at),
         total_m: 0,
         cum_m: vec![0],
+        max_speed_kmh: MAX_SPEED_KMH,
     }
 }
 
@@ -676,6 +679,21 @@ async fn failed_and_declined_payments_leave_the_ride_payable_and_a_later_payment
         Some(3),
         "{payments}"
     );
+    // No trip point: the whole fare is the minimum-fare entry.
+    let ledger = h
+        .http_until(
+            &format!("/v1/billing/ledger?ride_id={ride_id}"),
+            &analyst,
+            |code, body| code == 200 && body["total"].as_i64() == Some(MINIMUM_FARE),
+        )
+        .await;
+    let entries = ledger["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{ledger}");
+    assert_eq!(
+        (entries[0]["kind"].as_str(), entries[0]["cost"].as_i64()),
+        (Some("minimum_fare"), Some(MINIMUM_FARE)),
+        "{ledger}"
+    );
     // One payment, named the same everywhere.
     assert_eq!(
         payments["payments"].as_array().map(Vec::len),
@@ -1168,5 +1186,75 @@ async fn a_passenger_on_an_edge_process_and_a_driver_on_another_ride_together() 
         driver.push("ride_completed").await
     );
     edge.shutdown().await.expect("the edge stops");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_rule_follows_the_passenger_and_a_long_trip_is_capped_at_the_maximum_fare() {
+    // One 170 km segment in a second: the speed limit is out of the way.
+    let h = start(|c| c.policy.trip.max_speed_kmh = 1.0e7).await;
+    let (_, analyst) = h.analyst().await;
+    let (_, passenger_token) = h.passenger().await;
+    let (driver_id, driver_token) = h.driver("B 51 EE").await;
+    let mut driver = online(&h, &driver_token, (-6.2004, 106.8)).await;
+    let (mut passenger, _) = h.ws(&passenger_token).await;
+    let (_, ride_id) = matched_ride(&mut passenger, &mut driver, driver_id).await;
+
+    // The passenger walked ~330 m from the pickup: the driver at the pickup is too far
+    // from them; next to them, the ride starts.
+    let walked = (-6.197, 106.8);
+    assert_eq!(passenger.ok("location_update", point(walked)).await, json!({}));
+    driver
+        .refused("ride_start", json!({"ride_id": ride_id}), "too_far")
+        .await;
+    let next_to = (-6.1973, 106.8);
+    assert!(haversine_m(next_to, walked) < 100.0);
+    let mut trip = start_ride(&mut passenger, &mut driver, ride_id, next_to).await;
+    trip.max_speed_kmh = 1.0e7;
+    let started_at = trip.last.1;
+    let far = (-6.1973, 108.34); // ~170 km east
+    drive(&mut driver, &mut trip, started_at, &[(far, 1000)]).await;
+    assert!(trip.total_m * RATE_PER_KM / 1000 > MAXIMUM_FARE);
+
+    driver.ok("ride_arrived", json!({"ride_id": ride_id})).await;
+    let request = passenger.push("payment_request").await;
+    assert_eq!(request["fare"].as_i64(), Some(MAXIMUM_FARE), "{request}");
+    let (adjusted, admin_fee, payout) = split(MAXIMUM_FARE, 10_000);
+    assert_eq!(
+        (
+            request["amount"].as_i64(),
+            request["admin_fee"].as_i64(),
+            request["driver_payout"].as_i64()
+        ),
+        (Some(adjusted), Some(admin_fee), Some(payout)),
+        "{request}"
+    );
+    let ledger = h
+        .http_until(
+            &format!("/v1/billing/ledger?ride_id={ride_id}"),
+            &analyst,
+            |code, body| code == 200 && body["total"].as_i64() == Some(MAXIMUM_FARE),
+        )
+        .await;
+    let raw = (trip.total_m * RATE_PER_KM + 500) / 1000;
+    let kinds: Vec<(String, i64)> = ledger["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default().to_owned(),
+                e["cost"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("trip_segment".to_owned(), raw),
+            ("maximum_fare".to_owned(), MAXIMUM_FARE - raw)
+        ],
+        "{ledger}"
+    );
     h.finish().await;
 }
