@@ -541,6 +541,25 @@ async fn a_cancelled_match_and_a_cancelled_ride_free_the_driver_for_the_next_pas
         match_id
     );
 
+    // The passenger gives up after a driver accepted: that driver is told, and freed.
+    let match_id = request(&mut passenger).await;
+    assert_eq!(
+        uuid_of(&driver.push("match_proposal").await["match_id"]),
+        match_id
+    );
+    driver
+        .ok("match_confirm", json!({"match_id": match_id, "accepted": true}))
+        .await;
+    passenger.push("match_accepted").await;
+    let ack = passenger.ok("finder_update", json!({"is_active": false})).await;
+    assert_eq!(ack["status"], "CANCELLED", "{ack}");
+    assert_eq!(
+        uuid_of(&driver.push("match_withdrawn").await["match_id"]),
+        match_id
+    );
+    let (_, state) = h.ws(&driver_token).await;
+    assert_eq!(state, json!({"match": null, "ride": null}));
+
     // A ride cancelled before it starts.
     let (_, ride_id) = matched_ride(&mut passenger, &mut driver, driver_id).await;
     passenger
