@@ -897,6 +897,22 @@ async fn analysts_see_nearby_drivers_after_their_pings_and_passengers_are_forbid
     }
     let (status, _) = h.http("GET", &path, None, None).await;
     assert_eq!(status, 401);
+    for bad in [
+        "lat=-6.2&lon=106.8&radius_km=0",
+        "lat=-6.2&lon=106.8&radius_km=500",
+        "lat=abc&lon=106.8",
+        "lon=106.8",
+        "lat=95&lon=106.8",
+    ] {
+        let (status, body) = h
+            .http("GET", &format!("/v1/drivers/nearby?{bad}"), Some(&analyst), None)
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("validation_failed")),
+            "{bad}: {body}"
+        );
+    }
 
     // Offline: gone from the index.
     driver
