@@ -231,6 +231,17 @@ impl EventStore {
         .await?)
     }
 
+    /// The open aggregates of a type: every open match (or ride with a deadline) has a
+    /// deadline until it closes.
+    pub async fn with_deadlines(&self, aggregate_type: &str) -> Result<Vec<Uuid>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT aggregate_id FROM deadlines WHERE aggregate_type = $1")
+                .bind(aggregate_type)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// The earliest deadline, if any.
     pub async fn next_deadline(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(sqlx::query_scalar("SELECT min(due_at) FROM deadlines")

@@ -52,6 +52,11 @@ pub struct Config {
     pub auth_dev_echo_otp: bool,
     /// `REDIS_KEY_PREFIX`: prepended to the edge's Redis keys.
     pub redis_key_prefix: String,
+    /// `COMMAND_SUBJECT_PREFIX`: put before the NATS command subjects (`cmd.*`), empty
+    /// by default. Processes of one deployment share it; a system started beside
+    /// another on the same NATS (a test, a demo) uses its own, so neither serves the
+    /// other's commands against the wrong database.
+    pub command_subject_prefix: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -211,6 +216,12 @@ impl Config {
         if a.min_lat >= a.max_lat || a.min_lon >= a.max_lon {
             bail!("SERVICE_AREA_MIN_* must be below SERVICE_AREA_MAX_*");
         }
+        let events_subject_prefix = nats_token("EVENTS_SUBJECT_PREFIX", "events")?;
+        let command_subject_prefix = var("COMMAND_SUBJECT_PREFIX").unwrap_or_default();
+        if command_subject_prefix.starts_with(&format!("{events_subject_prefix}.")) {
+            // The EVENTS stream would capture the commands and answer them itself.
+            bail!("COMMAND_SUBJECT_PREFIX={command_subject_prefix:?} must not be under EVENTS_SUBJECT_PREFIX={events_subject_prefix:?}");
+        }
         Ok(Self {
             database_url: var("DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/nebengjek".into()),
@@ -220,13 +231,14 @@ impl Config {
                 .context("HTTP_ADDR must be host:port")?,
             database_max_connections: parse("DATABASE_MAX_CONNECTIONS", 20u32)?,
             events_stream: nats_token("EVENTS_STREAM", "EVENTS")?,
-            events_subject_prefix: nats_token("EVENTS_SUBJECT_PREFIX", "events")?,
+            events_subject_prefix,
             policy,
             location: LocationConfig::from_env()?,
             app_env: app_env()?,
             jwt_secret: var("JWT_SECRET"),
             auth_dev_echo_otp: parse("AUTH_DEV_ECHO_OTP", false)?,
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
+            command_subject_prefix,
         })
     }
 }
@@ -263,6 +275,13 @@ mod tests {
         let error = Config::from_env().unwrap_err().to_string();
         assert!(error.contains("AUTH_DEV_ECHO_OTP"), "{error}");
         std::env::remove_var("AUTH_DEV_ECHO_OTP");
+
+        std::env::set_var("COMMAND_SUBJECT_PREFIX", "events.x.");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("COMMAND_SUBJECT_PREFIX"), "{error}");
+        std::env::set_var("COMMAND_SUBJECT_PREFIX", "blue.");
+        assert_eq!(Config::from_env().unwrap().command_subject_prefix, "blue.");
+        std::env::remove_var("COMMAND_SUBJECT_PREFIX");
         std::env::remove_var("APP_ENV");
     }
 }

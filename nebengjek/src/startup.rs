@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use commands::clock::{Clock, SystemClock};
-use commands::ports::AcceptingProvider;
+use commands::ports::{AcceptingProvider, PaymentProvider};
 use commands::redis_positions::RedisPositions;
 use commands::{CommandBus, EventStore};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -118,8 +118,29 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
         .clone()
 }
 
+/// The adapters a system is handed rather than builds from its configuration.
+#[derive(Debug, Clone)]
+pub struct Ports {
+    /// The payment provider (SPEC §3: the default accepts every charge; tests hand in
+    /// one that fails on demand, `commands::ports::ScriptedProvider`).
+    pub payments: Arc<dyn PaymentProvider>,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            payments: Arc::new(AcceptingProvider),
+        }
+    }
+}
+
 /// Migrates, connects and starts `role`: returns once HTTP is listening.
 pub async fn start(config: Config, role: Role) -> anyhow::Result<System> {
+    start_with(config, role, Ports::default()).await
+}
+
+/// [`start`] with the given adapters.
+pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Result<System> {
     let metrics = metrics_handle();
     let pool = connect(&config).await?;
     migrations::run(&pool).await.context("migrations failed")?;
@@ -150,15 +171,16 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<System> {
             &config.redis_key_prefix,
             store_id,
         )),
-        Arc::new(AcceptingProvider),
+        ports.payments,
     );
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
     if matches!(role, Role::All | Role::Commands) {
         let (client, bus, stopped) = (nats.clone(), bus.clone(), stopped.clone());
+        let prefix = config.command_subject_prefix.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(error) = commands::nats::serve(client, bus, String::new(), stopped).await {
+            if let Err(error) = commands::nats::serve(client, bus, prefix, stopped).await {
                 tracing::error!(%error, "NATS ingress stopped");
             }
         }));

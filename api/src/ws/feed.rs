@@ -38,6 +38,7 @@ pub async fn start(
 ) -> Result<JoinHandle<()>, FeedError> {
     let js = jetstream::new(client);
     let mut messages = open(&js, &state).await?;
+    seed_proposals(&state).await;
     tracing::info!(stream = %state.config().events_stream, "pushes follow the event feed");
     Ok(tokio::spawn(async move {
         loop {
@@ -59,7 +60,10 @@ pub async fn start(
                             _ = shutdown.changed() => return,
                         }
                         match open(&js, &state).await {
-                            Ok(messages) => break messages,
+                            Ok(messages) => {
+                                seed_proposals(&state).await;
+                                break messages;
+                            }
                             Err(error) => tracing::error!(%error, "cannot open the event feed"),
                         }
                     };
@@ -67,6 +71,35 @@ pub async fn start(
             }
         }
     }))
+}
+
+/// Notes the proposals pending in the open matches, read from the store after the
+/// consumer is open (so nothing falls between the two; noting twice is harmless). The
+/// feed only shows this process proposals made after it started, and a driver who
+/// reconnects here must still see one made before (`session_state`).
+async fn seed_proposals(state: &AppState) {
+    let open = match state.bus().store().with_deadlines("match").await {
+        Ok(open) => open,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the open matches; proposals made before this process started are not shown on reconnect");
+            return;
+        }
+    };
+    let mut pending = 0;
+    for id in open {
+        match state.bus().matches().load(id).await {
+            Ok(loaded) => {
+                let candidates = loaded.state.candidates();
+                pending += candidates.len();
+                state.proposals().pending(
+                    domain::MatchId::from_uuid(id),
+                    candidates.iter().map(|c| c.driver_id),
+                );
+            }
+            Err(error) => tracing::warn!(%error, match_id = %id, "cannot load an open match"),
+        }
+    }
+    tracing::debug!(pending, "pending proposals read from the store");
 }
 
 async fn open(js: &jetstream::Context, state: &AppState) -> Result<consumer::pull::Ordered, FeedError> {

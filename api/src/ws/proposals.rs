@@ -3,8 +3,11 @@
 //! A driver who was only *proposed* a match holds nothing in the store (being proposed
 //! is not being in it), so `session_state` cannot find the proposal there. The feed
 //! notes each proposal here and forgets it when the driver answers or the match moves
-//! on, so a driver who reconnects during the proposal sees it again. What is noted is
-//! only a hint: `session_state` checks it against the match itself before showing it.
+//! on, so a driver who reconnects during the proposal sees it again. A process that
+//! starts (a restart, a deploy, a new edge process) reads the pending proposals of the
+//! open matches from the store once its feed is open, so a proposal made before it
+//! started is not forgotten. What is noted is only a hint: `session_state` checks it
+//! against the match itself before showing it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -68,6 +71,16 @@ impl Proposals {
             MatchEvent::Requested { .. }
             | MatchEvent::DriverRejected { .. }
             | MatchEvent::RoundStarted { .. } => {}
+        }
+    }
+
+    /// Notes the candidates a match has now (read from the store, not the feed): how a
+    /// process that starts while proposals are pending learns them.
+    pub fn pending(&self, match_id: MatchId, drivers: impl IntoIterator<Item = UserId>) {
+        let mut book = self.lock();
+        for driver in drivers {
+            book.by_driver.entry(driver).or_default().insert(match_id);
+            book.by_match.entry(match_id).or_default().insert(driver);
         }
     }
 
