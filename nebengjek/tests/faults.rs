@@ -66,7 +66,7 @@ async fn killed_processes_a_restarted_nats_and_a_flushed_redis_lose_no_acknowled
                     rides.push(client::ride(&mut pair, &pool, Pushes::BestEffort, deadline).await);
                 }
                 rides.push(client::ride(&mut pair, &pool, Pushes::Required, deadline).await);
-                rides
+                (rides, pair.driver.connects + pair.passenger.connects)
             })
         })
         .collect();
@@ -88,11 +88,19 @@ async fn killed_processes_a_restarted_nats_and_a_flushed_redis_lose_no_acknowled
     cluster.flush_redis().await;
     faults_over.store(true, Ordering::SeqCst);
 
-    let mut rides = Vec::new();
+    let (mut rides, mut sockets) = (Vec::new(), 0);
     for task in tasks {
-        rides.extend(task.await.expect("a pair's rides"));
+        let (done, connects) = task.await.expect("a pair's rides");
+        rides.extend(done);
+        sockets += connects;
     }
     assert!(rides.len() > PAIRS, "{} rides", rides.len());
+    // The kills reached the apps: sockets were lost and reopened on the other process.
+    assert!(
+        sockets > 2 * PAIRS + NODE_KILLS,
+        "{sockets} sockets opened by {} apps",
+        2 * PAIRS
+    );
 
     // The geo index is rebuilt after the flush: the drivers, free and fresh again,
     // are all available.
@@ -126,7 +134,7 @@ async fn killed_processes_a_restarted_nats_and_a_flushed_redis_lose_no_acknowled
     cluster.kill_all();
     checks::read_models_equal_rebuild(&pool).await;
     eprintln!(
-        "faults: {} rides, {checked} acknowledged commands checked, {NODE_KILLS} kills, NATS restart, FLUSHALL, in {:?}",
+        "faults: {} rides, {checked} acknowledged commands checked, {sockets} sockets, {NODE_KILLS} kills, NATS restart, FLUSHALL, in {:?}",
         rides.len(),
         started.elapsed()
     );
