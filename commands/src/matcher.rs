@@ -508,6 +508,12 @@ async fn run_once(
         .map_err(js_error)?;
     let mut chunks = pings.ready_chunks(1000);
     let mut matcher = Matcher::start(bus.clone(), config).await?;
+    // A restarted NATS server has forgotten the ordered consumer, and the client would
+    // notice only when a pull fails, seconds later, pings missed meanwhile: start
+    // again from a fresh snapshot as soon as the client reconnects.
+    let stats = js.client().statistics();
+    let connects = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+    let mut reconnect_tick = tokio::time::interval(Duration::from_millis(250));
     let mut feed_tick = tokio::time::interval(Duration::from_millis(100));
     let mut sweep_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -533,6 +539,11 @@ async fn run_once(
                 let stale = matcher.sweep();
                 metrics::gauge!("nebengjek_matcher_indexed_drivers").set(matcher.indexed() as f64);
                 tracing::debug!(stale, waiting = matcher.waiting(), "matcher sweep");
+            }
+            _ = reconnect_tick.tick() => {
+                if stats.connects.load(std::sync::atomic::Ordering::Relaxed) != connects {
+                    return Err(MatcherError::JetStream("reconnected to NATS: the ping consumer is gone".into()));
+                }
             }
             _ = shutdown.changed() => return Ok(()),
         }

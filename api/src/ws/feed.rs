@@ -1,12 +1,13 @@
 //! The event feed → pushes: each edge process reads JetStream stream `EVENTS` (subjects
 //! `<prefix>.<aggregate>.<event>`) with its own ephemeral ordered consumer, starting
-//! at new messages, and hands each event's pushes to the sockets it holds.
+//! at new messages (after a reconnect, right after the last one it delivered), and hands each event's pushes to the sockets it holds.
 //!
 //! Every process sees every event and pushes only to its own sockets, so a client
 //! hears about a command whichever process handled it. A process that starts late
 //! misses nothing a client needs: a socket's first frame is `session_state`, built from
 //! the store.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -28,46 +29,76 @@ fn feed_error(e: impl std::fmt::Display) -> FeedError {
 
 /// Opens the consumer (creating the stream if the relay has not yet) and runs the
 /// feed in a task until `shutdown`. Returns once the consumer exists, so every event
-/// published after this returns reaches the sockets. Should the consumer ever end, it
-/// is opened again (from new messages: sockets that missed something in between get
-/// it with their next `session_state`).
+/// published after this returns reaches the sockets.
+///
+/// The consumer lives in the NATS server's memory: a restarted server has forgotten
+/// it, and the client notices only when a pull fails, many seconds later. So whenever
+/// the client reconnects (or the consumer ends) the feed is opened again right after
+/// the last message it delivered: nothing is pushed twice and nothing is skipped.
 pub async fn start(
     state: AppState,
     client: async_nats::Client,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, FeedError> {
+    let stats = client.statistics();
     let js = jetstream::new(client);
-    let mut messages = open(&js, &state).await?;
+    let mut last = open_stream(&js, &state)
+        .await?
+        .info()
+        .await
+        .map_err(feed_error)?
+        .state
+        .last_sequence;
+    let mut messages = open(&js, &state, last).await?;
     seed_proposals(&state).await;
+    let mut connects = stats.connects.load(Ordering::Relaxed);
     tracing::info!(stream = %state.config().events_stream, "pushes follow the event feed");
     Ok(tokio::spawn(async move {
+        let mut reconnected = tokio::time::interval(Duration::from_millis(250));
         loop {
             let next = tokio::select! {
-                next = messages.next() => next,
+                next = messages.next() => Some(next),
+                _ = reconnected.tick() => None,
                 _ = shutdown.changed() => break,
             };
-            match next {
-                Some(Ok(message)) => deliver(&state, &message.payload).await,
-                Some(Err(error)) => {
+            let reopen = match next {
+                Some(Some(Ok(message))) => {
+                    if let Ok(info) = message.info() {
+                        last = info.stream_sequence;
+                    }
+                    deliver(&state, &message.payload).await;
+                    false
+                }
+                Some(Some(Err(error))) => {
                     // The ordered consumer recreates itself after most errors.
                     tracing::warn!(%error, "event feed hiccup");
+                    false
+                }
+                Some(None) => {
+                    tracing::error!("the event feed ended; opening it again");
+                    true
                 }
                 None => {
-                    tracing::error!("the event feed ended; opening it again");
-                    messages = loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                        match open(&js, &state).await {
-                            Ok(messages) => {
-                                seed_proposals(&state).await;
-                                break messages;
-                            }
-                            Err(error) => tracing::error!(%error, "cannot open the event feed"),
-                        }
-                    };
+                    let now = stats.connects.load(Ordering::Relaxed);
+                    let changed = now != connects;
+                    if changed {
+                        tracing::warn!(after = last, "reconnected to NATS; opening the event feed again");
+                        connects = now;
+                    }
+                    changed
                 }
+            };
+            if reopen {
+                messages = loop {
+                    match open(&js, &state, last).await {
+                        Ok(messages) => break messages,
+                        Err(error) => tracing::error!(%error, "cannot open the event feed"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                };
             }
         }
     }))
@@ -102,21 +133,31 @@ async fn seed_proposals(state: &AppState) {
     tracing::debug!(pending, "pending proposals read from the store");
 }
 
-async fn open(js: &jetstream::Context, state: &AppState) -> Result<consumer::pull::Ordered, FeedError> {
+async fn open_stream(js: &jetstream::Context, state: &AppState) -> Result<stream::Stream, FeedError> {
     let config = state.config();
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: config.events_stream.clone(),
-            subjects: vec![format!("{}.>", config.events_subject_prefix)],
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(feed_error)?;
-    let consumer = stream
+    js.get_or_create_stream(stream::Config {
+        name: config.events_stream.clone(),
+        subjects: vec![format!("{}.>", config.events_subject_prefix)],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(feed_error)
+}
+
+/// An ordered consumer of the feed from the message after stream sequence `after`.
+async fn open(
+    js: &jetstream::Context,
+    state: &AppState,
+    after: u64,
+) -> Result<consumer::pull::Ordered, FeedError> {
+    let consumer = open_stream(js, state)
+        .await?
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.>", config.events_subject_prefix),
-            deliver_policy: consumer::DeliverPolicy::New,
+            filter_subject: format!("{}.>", state.config().events_subject_prefix),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
             ..Default::default()
         })
         .await
