@@ -84,14 +84,14 @@ pub struct Snapshot {
 /// The outcome of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub duration_s: f64,
+    pub elapsed_s: f64,
     pub clients_held: usize,
     pub rides_requested: u64,
     pub rides_completed: u64,
     pub rides_cancelled: u64,
     pub rides_unmatched: u64,
     pub rides_failed: u64,
-    pub failure_reasons: Vec<String>,
+    pub failures: Vec<String>,
     pub declines: u64,
     pub payments_declined_then_paid: u64,
     pub commands: u64,
@@ -136,7 +136,7 @@ impl Report {
         for (k, v) in rows {
             s.push_str(&format!("| {k} | {v} |\n"));
         }
-        for e in self.failure_reasons.iter().chain(&self.errors) {
+        for e in self.failures.iter().chain(&self.errors) {
             s.push_str(&format!("\n- {e}"));
         }
         s
@@ -288,14 +288,14 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
     let commands = stats.commands.load(Ordering::Relaxed);
     let lock = |m: &Mutex<Vec<String>>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Report {
-        duration_s: elapsed,
+        elapsed_s: elapsed,
         clients_held: stats.peak.load(Ordering::Relaxed),
         rides_requested: stats.requested.load(Ordering::Relaxed),
         rides_completed: completed,
         rides_cancelled: stats.cancelled.load(Ordering::Relaxed),
         rides_unmatched: stats.unmatched.load(Ordering::Relaxed),
         rides_failed: stats.failed.load(Ordering::Relaxed),
-        failure_reasons: lock(&stats.failures),
+        failures: lock(&stats.failures),
         declines: stats.declines.load(Ordering::Relaxed),
         payments_declined_then_paid: stats.declined_then_paid.load(Ordering::Relaxed),
         commands,
@@ -430,6 +430,8 @@ struct Conn {
     next_id: u64,
     user_id: String,
     open: bool,
+    /// Set by a reconnect: a command waiting for its ack resends it.
+    resend: bool,
 }
 
 impl Conn {
@@ -445,8 +447,11 @@ impl Conn {
             next_id: 0,
             user_id,
             open: false,
+            resend: false,
         };
         conn.reconnect(false).await?;
+        // The connect-time `session_state` is empty for a new user.
+        conn.pushes.clear();
         Ok(conn)
     }
 
@@ -468,6 +473,18 @@ impl Conn {
                     if counted {
                         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     }
+                    // The server's first frame is `session_state`: queue it for the
+                    // ride logic and tell a waiting command to resend.
+                    if let Some(ws) = self.ws.as_mut() {
+                        if let Ok(Some(Ok(Message::Text(text)))) =
+                            tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+                        {
+                            if let Ok(v) = serde_json::from_str::<Value>(text.as_str()) {
+                                self.pushes.push_back(v);
+                            }
+                        }
+                    }
+                    self.resend = counted;
                     return Ok(());
                 }
                 Err(e) => last = Some(e),
@@ -533,6 +550,10 @@ impl Conn {
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 let frame = self.read(Duration::from_secs(1)).await?;
+                if self.resend {
+                    self.resend = false;
+                    break;
+                }
                 let Some(frame) = frame else { continue };
                 if frame["type"] == "ack" && frame["id"] == id.as_str() {
                     let micros = started.elapsed().as_micros() as u64;
@@ -546,11 +567,6 @@ impl Conn {
                         self.stats.acks_err.fetch_add(1, Ordering::Relaxed);
                     }
                     return Ok(frame);
-                }
-                if frame["type"] == "session_state" {
-                    // A reconnect happened while waiting: resend the command.
-                    self.pushes.push_back(frame);
-                    break;
                 }
                 if frame["type"] == "error" {
                     self.stats.error(format!("error frame: {frame}"));
@@ -712,10 +728,21 @@ async fn user(
             Ok(())
         }
         Kind::Driver => {
-            let plate = format!(
-                "B {} SIM",
-                msisdn.get(msisdn.len().saturating_sub(7)..).unwrap_or("0")
-            );
+            // A valid, per-user-unique plate: `B <4 digits> <3 letters>` from the number.
+            let tail: Vec<u8> = msisdn
+                .bytes()
+                .rev()
+                .take(7)
+                .map(|b| b.wrapping_sub(b'0') % 10)
+                .collect();
+            let digits: String = tail.iter().take(3).map(|d| char::from(b'0' + d)).collect();
+            let letters: String = tail
+                .iter()
+                .skip(3)
+                .take(3)
+                .map(|d| char::from(b'A' + d))
+                .collect();
+            let plate = format!("B 1{digits} {letters}");
             let token = login(&url, &msisdn, Some(&plate)).await?;
             let conn = Conn::connect(&url, token, stats.clone()).await?;
             driver(conn, rng, stats, deadline).await
@@ -950,6 +977,8 @@ async fn one_ride(
     pickup: (f64, f64),
     dest: (f64, f64),
 ) -> anyhow::Result<()> {
+    // A `session_state` from an earlier reconnect describes an earlier ride.
+    conn.pushes.retain(|f| f["type"] != "session_state");
     let ack = conn
         .command(
             "finder_update",
