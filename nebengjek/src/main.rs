@@ -28,8 +28,18 @@ struct Cli {
 enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Start the system in this process and drive one ride through it over NATS.
-    Demo,
+    /// Start the system in this process, simulate a city over WebSocket, verify.
+    Demo {
+        /// Simulated drivers.
+        #[arg(long, default_value_t = demo::DemoOptions::default().drivers)]
+        drivers: usize,
+        /// Simulated passengers.
+        #[arg(long, default_value_t = demo::DemoOptions::default().passengers)]
+        passengers: usize,
+        /// Seconds during which new rides start (in-flight rides then finish).
+        #[arg(long, default_value_t = demo::DemoOptions::default().duration_s)]
+        duration: u64,
+    },
     /// Run the system (migrates first).
     Serve {
         /// Which part to run; `all` runs everything in one process.
@@ -70,7 +80,7 @@ fn init_tracing(default: &str) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; only warnings from the system interrupt it.
-    init_tracing(if matches!(cli.command, Command::Demo) {
+    init_tracing(if matches!(cli.command, Command::Demo { .. }) {
         "warn"
     } else {
         "info,sqlx=warn"
@@ -84,7 +94,21 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { role } => startup::serve(config, role).await,
-        Command::Demo => demo::run(config).await,
+        Command::Demo {
+            drivers,
+            passengers,
+            duration,
+        } => {
+            demo::run(
+                config,
+                demo::DemoOptions {
+                    drivers,
+                    passengers,
+                    duration_s: duration,
+                },
+            )
+            .await
+        }
         Command::User {
             command: UserCommand::CreateAnalyst { msisdn, fullname },
         } => {
