@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/demo.sh - README's first command: start PostgreSQL, NATS and Redis if needed
 # (scripts/services.sh), then build and run `nebengjek demo`, which starts the system in
-# one process and drives a ride through it over NATS.
+# one process, simulates a city of drivers and passengers over WebSocket and verifies.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh

@@ -1,304 +1,128 @@
-//! `nebengjek demo`: starts the system in this process and drives one ride through it
-//! over NATS, as another service would — request, proposal, accept, confirm, start,
-//! trip points, arrival with a discount, a declined then a successful payment, a resent
-//! command — then prints the ride's events and verifies every hash chain.
-//!
-//! The matcher (nearest drivers from the Redis geo index) is issue 4; until then the
-//! demo plays the matcher and proposes its one driver itself, through the same
-//! command pipeline.
+//! `nebengjek demo`: migrates, starts the whole system in this process on
+//! 127.0.0.1:0 (dev OTP echo forced on), runs the city simulator (`sim`) against it
+//! with a live progress line, then verifies every hash chain and read model over the
+//! period (`replay_tools::audit::verify`) and prints a short report. Exits non-zero if
+//! any ride failed or verify fails.
 
+use std::io::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use chrono::{SecondsFormat, Utc};
-use commands::clock::{new_id, SystemClock};
-use commands::pipeline::Envelope;
-use commands::ports::{AcceptingProvider, InMemoryPositions};
-use commands::{Ack, CommandBus, EventStore};
-use domain::matching::{Candidate, MatchCommand};
-use domain::{Actor, Role, UserId};
-use serde_json::{json, Value};
-use tokio::sync::watch;
-use uuid::Uuid;
+use anyhow::bail;
+use chrono::Utc;
 
 use crate::config::Config;
+use crate::{startup, Role};
 
-struct Client {
-    nats: async_nats::Client,
+/// What `nebengjek demo` simulates.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    /// Simulated drivers.
+    pub drivers: usize,
+    /// Simulated passengers.
+    pub passengers: usize,
+    /// How long new rides are started, in seconds.
+    pub duration_s: u64,
 }
 
-impl Client {
-    async fn send(&self, who: &str, actor: Actor, subject: &str, data: Value) -> anyhow::Result<Ack> {
-        self.send_with_id(who, actor, subject, data, &new_id().to_string())
-            .await
-    }
-
-    async fn send_with_id(
-        &self,
-        who: &str,
-        actor: Actor,
-        subject: &str,
-        data: Value,
-        command_id: &str,
-    ) -> anyhow::Result<Ack> {
-        let body = json!({
-            "command_id": command_id,
-            "actor": {"user_id": actor.user_id, "role": actor.role},
-            "data": data,
-        });
-        let reply = tokio::time::timeout(
-            Duration::from_secs(5),
-            self.nats
-                .request(subject.to_owned(), serde_json::to_vec(&body)?.into()),
-        )
-        .await
-        .context("no answer from the command ingress within 5 s")??;
-        let ack: Ack = serde_json::from_slice(&reply.payload)?;
-        let shown = match (&ack.result, &ack.error) {
-            (Some(r), _) => r.to_string(),
-            (_, Some(e)) => format!("{} ({})", e.code, e.message),
-            _ => String::new(),
-        };
-        println!(
-            "  {who:<9} {subject:<18} → {} {shown}",
-            if ack.ok { "ok " } else { "ERR" }
-        );
-        Ok(ack)
-    }
-}
-
-fn field(ack: &Ack, name: &str) -> anyhow::Result<String> {
-    ack.result
-        .as_ref()
-        .and_then(|r| r.get(name))
-        .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
-        .with_context(|| format!("the answer has no {name}: {ack:?}"))
-}
-
-fn expect(ack: &Ack, status: &str) -> anyhow::Result<()> {
-    if field(ack, "status")? != status {
-        bail!("expected status {status}, got {ack:?}");
-    }
-    Ok(())
-}
-
-/// Runs the demo.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let pool = crate::startup::connect(&config).await?;
-    migrations::run(&pool).await?;
-    let nats = async_nats::connect(&config.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at NATS_URL={}", config.nats_url))?;
-    let bus = CommandBus::new(
-        EventStore::start(pool.clone()),
-        config.policy,
-        Arc::new(SystemClock),
-        Arc::new(InMemoryPositions::default()),
-        Arc::new(AcceptingProvider),
-    );
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(commands::nats::serve(
-        nats.clone(),
-        bus.clone(),
-        String::new(),
-        stopped.clone(),
-    ));
-    tokio::spawn(commands::process::run_ride_creator(bus.clone(), stopped.clone()));
-    tokio::spawn(commands::process::run_deadlines(bus.clone(), stopped.clone()));
-    let projectors: Vec<Arc<dyn projections::Projector>> = vec![
-        Arc::new(projections::RidesProjector),
-        Arc::new(projections::MatchesProjector),
-    ];
-    tokio::spawn(projections::run(pool.clone(), projectors, stopped));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let client = Client { nats };
-    let passenger = Actor::new(UserId::from_uuid(new_id()), Role::Passenger);
-    let driver = Actor::new(UserId::from_uuid(new_id()), Role::Driver);
-    println!(
-        "NebengJek demo — one ride over NATS (passenger {}, driver {})\n",
-        passenger.user_id, driver.user_id
-    );
-    let (lat, lon) = (-6.1754, 106.8272); // Monas, Jakarta
-
-    let ack = client
-        .send(
-            "passenger",
-            passenger,
-            "cmd.match.request",
-            json!({"pickup": {"lat": lat, "lon": lon}, "destination": {"lat": -6.2088, "lon": 106.8456}}),
-        )
-        .await?;
-    let match_id: Uuid = field(&ack, "match_id")?.parse()?;
-
-    let propose = MatchCommand::Propose {
-        candidates: vec![Candidate {
-            driver_id: driver.user_id,
-            distance_km: 0.4,
-            eta_seconds: 90,
-        }],
-    };
-    let env = Envelope::system(format!("demo-matcher:{match_id}"), None);
-    commands::bus::answer(bus.matches().execute(match_id, &env, &propose).await?);
-    println!("  matcher   (in process)       → proposes the match to the driver, 0.4 km away");
-
-    let confirm = json!({"match_id": match_id, "accepted": true});
-    expect(
-        &client
-            .send("driver", driver, "cmd.match.confirm", confirm.clone())
-            .await?,
-        "DRIVER_ACCEPTED",
-    )?;
-    expect(
-        &client
-            .send("passenger", passenger, "cmd.match.confirm", confirm)
-            .await?,
-        "CONFIRMED",
-    )?;
-
-    let mut ride_id = None;
-    for _ in 0..50 {
-        if let Some((kind, id)) = bus.store().holder_of(passenger.user_id.as_uuid()).await? {
-            if kind == "ride" && bus.rides().load(id).await?.state.ride_id().is_some() {
-                ride_id = Some(id);
-                break;
-            }
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            drivers: 20,
+            passengers: 15,
+            duration_s: 30,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ride_id = ride_id.context("the process manager did not create the ride")?;
-    println!("  system    process manager    → ride {ride_id} created from the confirmed match");
+}
 
-    client
-        .send(
-            "driver",
-            driver,
-            "cmd.driver.beacon",
-            json!({"is_active": true, "lat": lat, "lon": lon}),
-        )
-        .await?;
-    expect(
-        &client
-            .send("driver", driver, "cmd.ride.start", json!({"ride_id": ride_id}))
-            .await?,
-        "IN_PROGRESS",
-    )?;
-    for k in 1..=10 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let point = json!({
-            "ride_id": ride_id,
-            "lat": lat - 0.000_12 * f64::from(k),
-            "lon": lon,
-            "recorded_at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        });
-        client.send("driver", driver, "cmd.ride.location", point).await?;
-    }
-    expect(
-        &client
-            .send(
-                "driver",
-                driver,
-                "cmd.ride.arrive",
-                json!({"ride_id": ride_id, "adjustment_factor": 0.9}),
-            )
-            .await?,
-        "ARRIVED",
-    )?;
-    let ride = bus.rides().load(ride_id).await?.state;
-    let amount = ride
-        .amount_due()
-        .context("an arrived ride has an amount due")?
-        .get();
-    let decline = json!({"ride_id": ride_id, "amount": amount, "accepted": false});
-    expect(
-        &client
-            .send("passenger", passenger, "cmd.ride.pay", decline)
-            .await?,
-        "ARRIVED",
-    )?;
-    let pay = json!({"ride_id": ride_id, "amount": amount, "accepted": true});
-    let paid = client
-        .send_with_id("passenger", passenger, "cmd.ride.pay", pay.clone(), "pay-1")
-        .await?;
-    expect(&paid, "COMPLETED")?;
-    let again = client
-        .send_with_id("passenger", passenger, "cmd.ride.pay", pay, "pay-1")
-        .await?;
-    if again != paid {
-        bail!("a resent command got a different answer");
-    }
-    println!("  (the resent pay-1 got the first answer and appended nothing)\n");
+pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()> {
+    let pool = startup::connect(&config).await?;
+    migrations::run(&pool).await?;
+    config.http_addr = "127.0.0.1:0".parse()?;
+    config.auth_dev_echo_otp = true;
+    let system = startup::start(config, Role::All).await?;
+    let url = format!("http://{}", system.http_addr);
+    println!(
+        "NebengJek demo — {} drivers, {} passengers for {} s against {url}\n",
+        options.drivers, options.passengers, options.duration_s
+    );
 
-    println!("Events of ride {ride_id}:");
-    println!("  {:>8}  {:>3}  {:<20}  summary", "position", "seq", "event");
-    for e in migrations::read_stream(&pool, "ride", ride_id, 0).await? {
-        let p = &e.payload;
-        let summary = match e.event_type.as_str() {
-            "trip_point_recorded" => format!(
-                "+{} m, cost {} (total {} km)",
-                p["segment_m"], p["cost"], p["cum_km"]
-            ),
-            "trip_point_rejected" => format!("rejected: {}", p["reason"]),
-            "arrived" => format!(
-                "distance {} km, fare {}, factor {}, adjusted {}, admin fee {}, payout {}",
-                p["distance_km"],
-                p["fare"],
-                p["adjustment_factor"],
-                p["adjusted_fare"],
-                p["admin_fee"],
-                p["driver_payout"]
-            ),
-            "payment_accepted" => format!("amount {}, attempt {}", p["amount"], p["attempt"]),
-            "payment_declined" => format!("attempt {}", p["attempt"]),
-            _ => String::new(),
-        };
-        println!(
-            "  {:>8}  {:>3}  {:<20}  {summary}",
-            e.position, e.sequence, e.event_type
+    // Projection lag: events written minus the slowest projector's checkpoint.
+    let lag = Arc::new(AtomicI64::new(0));
+    let lag_task = {
+        let (pool, lag) = (pool.clone(), lag.clone());
+        tokio::spawn(async move {
+            loop {
+                let row: Result<(Option<i64>, Option<i64>), _> = sqlx::query_as(
+                    "SELECT (SELECT max(position) FROM events), (SELECT min(position) FROM checkpoints)",
+                )
+                .fetch_one(&pool)
+                .await;
+                if let Ok((head, done)) = row {
+                    lag.store(head.unwrap_or(0) - done.unwrap_or(0), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+
+    let started = Utc::now();
+    let sim_config = sim::SimConfig {
+        urls: vec![url],
+        drivers: options.drivers,
+        passengers: options.passengers,
+        duration: Duration::from_secs(options.duration_s),
+        ..sim::SimConfig::default()
+    };
+    let shown_lag = lag.clone();
+    let result = sim::run(sim_config, move |s: &sim::Snapshot| {
+        print!(
+            "\r  {:>5.0} s  rides completed {:>4}  failed {:>2}  commands/s {:>6.1}  ack p50 {:>6.1} ms  p99 {:>7.1} ms  projection lag {:>4}   ",
+            s.elapsed_s,
+            s.rides_completed,
+            s.rides_failed,
+            s.commands_per_s,
+            s.ack_p50_ms,
+            s.ack_p99_ms,
+            shown_lag.load(Ordering::Relaxed).max(0),
         );
-    }
-
-    // The read models analysts query, once the projector has caught up.
-    let head = migrations::head_position(&pool).await?;
-    for _ in 0..100 {
-        if projections::runtime::checkpoint(&pool, projections::RidesProjector::NAME).await? >= head {
+        let _ = std::io::stdout().flush();
+    })
+    .await;
+    println!();
+    // Let the projectors catch up before verifying.
+    for _ in 0..50 {
+        if lag.load(Ordering::Relaxed) <= 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (status, summary): (String, String) = sqlx::query_as(
-        "SELECT status, format('%s km, fare %s, adjusted %s, admin fee %s, payout %s', \
-         distance_km, fare, adjusted_fare, admin_fee, driver_payout) FROM rides WHERE ride_id = $1",
-    )
-    .bind(ride_id)
-    .fetch_one(&pool)
-    .await
-    .context("the rides read model has no row for the demo ride")?;
-    let (entries, ledger): (i64, Option<i64>) =
-        sqlx::query_as("SELECT count(*), sum(cost)::int8 FROM billing_ledger WHERE ride_id = $1")
-            .bind(ride_id)
-            .fetch_one(&pool)
-            .await?;
-    println!(
-        "\nRead model rides: {status}, {summary}; billing_ledger: {entries} entries summing to {}",
-        ledger.unwrap_or_default()
-    );
-
-    let report = replay_tools::audit::verify(&pool, None, false, &|_, _| {}).await?;
-    let _ = stop.send(true);
-    if !report.passed() {
-        for b in &report.chain_breaks {
+    lag_task.abort();
+    let report = result?;
+    let ended = Utc::now() + chrono::Duration::seconds(1);
+    let verify = replay_tools::audit::verify(&pool, Some((started, ended)), false, &|_, _| {}).await;
+    system.shutdown().await?;
+    println!("\n{}", report.markdown());
+    let verify = verify?;
+    if !verify.passed() {
+        for b in &verify.chain_breaks {
             println!("TAMPERED {b}");
         }
-        for d in &report.row_diffs {
+        for d in &verify.row_diffs {
             println!("DIFFERS {d}");
         }
         bail!("verify failed");
     }
     println!(
-        "\nverify: {} events in the store, every hash chain intact; {} rides in the read models agree with their events",
-        report.events, report.rides
+        "verify: {} events in the period, every hash chain intact; {} rides in the read models agree with their events",
+        verify.events, verify.rides
     );
+    if report.rides_failed > 0 {
+        bail!("{} rides failed", report.rides_failed);
+    }
+    if report.rides_completed == 0 {
+        bail!("no ride completed");
+    }
     Ok(())
 }

@@ -14,7 +14,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use nebengjek::{config, demo, startup, Role};
+use nebengjek::{config, demo, load, startup, Role};
 
 /// NebengJek ride-hailing backend.
 #[derive(Debug, Parser)]
@@ -28,8 +28,39 @@ struct Cli {
 enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Start the system in this process and drive one ride through it over NATS.
-    Demo,
+    /// Start the system in this process, simulate a city over WebSocket, verify.
+    Demo {
+        /// Simulated drivers.
+        #[arg(long, default_value_t = demo::DemoOptions::default().drivers)]
+        drivers: usize,
+        /// Simulated passengers.
+        #[arg(long, default_value_t = demo::DemoOptions::default().passengers)]
+        passengers: usize,
+        /// Seconds during which new rides start (in-flight rides then finish).
+        #[arg(long, default_value_t = demo::DemoOptions::default().duration_s)]
+        duration: u64,
+    },
+    /// Run the city simulator against a running deployment and write a report.
+    Load {
+        /// An edge's HTTP base (repeat for several); users spread round-robin.
+        #[arg(long = "url", required = true)]
+        urls: Vec<String>,
+        /// All clients, active and idle.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Active drivers (default 6% of clients).
+        #[arg(long)]
+        drivers: Option<usize>,
+        /// Active passengers (default 4% of clients).
+        #[arg(long)]
+        passengers: Option<usize>,
+        /// Seconds during which new rides start.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// The JSON report; the Markdown one goes beside it with `.md`.
+        #[arg(long, default_value = "load-report.json")]
+        report: std::path::PathBuf,
+    },
     /// Run the system (migrates first).
     Serve {
         /// Which part to run; `all` runs everything in one process.
@@ -70,13 +101,33 @@ fn init_tracing(default: &str) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; only warnings from the system interrupt it.
-    init_tracing(if matches!(cli.command, Command::Demo) {
+    init_tracing(if matches!(cli.command, Command::Demo { .. }) {
         "warn"
     } else {
         "info,sqlx=warn"
     });
+    if let Command::Load {
+        urls,
+        clients,
+        drivers,
+        passengers,
+        duration,
+        report,
+    } = cli.command
+    {
+        return load::run(load::LoadOptions {
+            urls,
+            clients,
+            drivers,
+            passengers,
+            duration_s: duration,
+            report,
+        })
+        .await;
+    }
     let config = config::Config::from_env()?;
     match cli.command {
+        Command::Load { .. } => Ok(()),
         Command::Migrate => {
             let pool = startup::connect(&config).await?;
             migrations::run(&pool).await?;
@@ -84,7 +135,21 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { role } => startup::serve(config, role).await,
-        Command::Demo => demo::run(config).await,
+        Command::Demo {
+            drivers,
+            passengers,
+            duration,
+        } => {
+            demo::run(
+                config,
+                demo::DemoOptions {
+                    drivers,
+                    passengers,
+                    duration_s: duration,
+                },
+            )
+            .await
+        }
         Command::User {
             command: UserCommand::CreateAnalyst { msisdn, fullname },
         } => {
