@@ -18,7 +18,13 @@ fn promises_events(ack: &AckRecord, drivers: &[String]) -> bool {
     match ack.kind.as_str() {
         "finder_update" | "match_confirm" | "ride_start" | "ride_arrived" | "payment_process"
         | "ride_cancel" => true,
-        "location_update" => drivers.contains(&ack.user_id),
+        // A driver's ping is a trip point only while their ride is IN_PROGRESS on the
+        // server; its ack then carries the trip-point answer. An empty answer says the
+        // server took it as a plain position (no ride in progress at that moment, e.g.
+        // a ping resent after a kill that lands after the ride moved on): no events.
+        "location_update" => {
+            drivers.contains(&ack.user_id) && ack.body.as_object().is_some_and(|answer| !answer.is_empty())
+        }
         _ => false,
     }
 }
