@@ -108,6 +108,18 @@ pub struct Relay {
     store_id: Uuid,
 }
 
+/// The `EVENTS` stream as every process creates it (the relay that writes it, the edges
+/// that follow it): whichever starts first decides its settings, so there is one
+/// definition. Subjects `<prefix>.>`, a two-minute duplicate window for `Nats-Msg-Id`.
+pub fn events_stream_config(name: &str, subject_prefix: &str) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{subject_prefix}.>")],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
 impl Relay {
     /// Connects the relay, creating the stream (subjects `<prefix>.>`, two-minute
     /// duplicate window) if it does not exist.
@@ -118,14 +130,9 @@ impl Relay {
     ) -> Result<Self, RelayError> {
         let store_id = migrations::store_id(&pool).await?;
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(js_error)?;
+        js.get_or_create_stream(events_stream_config(&config.stream, &config.subject_prefix))
+            .await
+            .map_err(js_error)?;
         Ok(Relay {
             pool,
             js,

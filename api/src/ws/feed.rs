@@ -135,12 +135,10 @@ async fn seed_proposals(state: &AppState) {
 
 async fn open_stream(js: &jetstream::Context, state: &AppState) -> Result<stream::Stream, FeedError> {
     let config = state.config();
-    js.get_or_create_stream(stream::Config {
-        name: config.events_stream.clone(),
-        subjects: vec![format!("{}.>", config.events_subject_prefix)],
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
+    js.get_or_create_stream(projections::relay::events_stream_config(
+        &config.events_stream,
+        &config.events_subject_prefix,
+    ))
     .await
     .map_err(feed_error)
 }
