@@ -16,8 +16,10 @@ pub const CHAIN_VERSION: u8 = 1;
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
 /// The stored fields an event's hash covers (everything but `position` and `hash`).
+/// `J` is how the JSON fields are held: parsed ([`Value`], the default) or, inside
+/// [`event_hash_text`], as text.
 #[derive(Debug, Clone, Copy)]
-pub struct HashedFields<'a> {
+pub struct HashedFields<'a, J: ?Sized = Value> {
     /// `aggregate_type`.
     pub aggregate_type: &'a str,
     /// `aggregate_id`, hyphenated lower-case.
@@ -29,13 +31,37 @@ pub struct HashedFields<'a> {
     /// `event_version`.
     pub event_version: i32,
     /// `payload`.
-    pub payload: &'a Value,
+    pub payload: &'a J,
     /// `metadata` (includes `recorded_at`, `actor`, the ids).
-    pub metadata: &'a Value,
+    pub metadata: &'a J,
 }
 
 /// `sha256(prev || canonical(fields))`.
 pub fn event_hash(prev: &[u8], fields: &HashedFields<'_>) -> [u8; 32] {
+    let hashed: Result<_, std::convert::Infallible> = hash_envelope(prev, fields, |buf, json| {
+        write_canonical(buf, json);
+        Ok(())
+    });
+    match hashed {
+        Ok(hash) => hash,
+        Err(never) => match never {},
+    }
+}
+
+/// [`event_hash`] of fields whose JSON is still text (`HashedFields<str>`, as
+/// PostgreSQL returns them): the same hash as parsing the payload and metadata into
+/// `Value`s first, without building them.
+pub fn event_hash_text(prev: &[u8], fields: &HashedFields<'_, str>) -> Result<[u8; 32], CanonicalError> {
+    hash_envelope(prev, fields, write_canonical_text)
+}
+
+/// Renders the hashed envelope around `payload` and `metadata` (written by `json`)
+/// into a reused buffer and hashes it: one layout for both kinds of input.
+fn hash_envelope<J: ?Sized, E>(
+    prev: &[u8],
+    fields: &HashedFields<'_, J>,
+    json: impl Fn(&mut Vec<u8>, &J) -> Result<(), E>,
+) -> Result<[u8; 32], E> {
     use std::io::Write as _;
     thread_local! {
         // The rendering buffer, reused: auditors hash every event of the store.
@@ -51,16 +77,16 @@ pub fn event_hash(prev: &[u8], fields: &HashedFields<'_>) -> [u8; 32] {
         let _ = write!(buf, ",\"event_type\":\"{}\"", fields.event_type);
         let _ = write!(buf, ",\"event_version\":{}", fields.event_version);
         buf.extend_from_slice(b",\"metadata\":");
-        write_canonical(buf, fields.metadata);
+        json(buf, fields.metadata)?;
         buf.extend_from_slice(b",\"payload\":");
-        write_canonical(buf, fields.payload);
+        json(buf, fields.payload)?;
         let _ = write!(buf, ",\"sequence\":{}}}", fields.sequence);
 
         let mut hasher = Sha256::new();
         hasher.update([CHAIN_VERSION]);
         hasher.update(prev);
         hasher.update(&buf[..]);
-        hasher.finalize().into()
+        Ok(hasher.finalize().into())
     })
 }
 
@@ -104,6 +130,247 @@ pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
             let _ = serde_json::to_writer(&mut *out, scalar);
         }
     }
+}
+
+/// A JSON text [`write_canonical_text`] could not read.
+#[derive(Debug, thiserror::Error)]
+#[error("not JSON at byte {at}: {what}")]
+pub struct CanonicalError {
+    /// Byte offset into the text.
+    pub at: usize,
+    /// What was expected or found.
+    pub what: &'static str,
+}
+
+/// Appends the canonical rendering of the JSON `text`: the same bytes as
+/// `write_canonical(out, &serde_json::from_str(text)?)`, without building the tree.
+/// Strings without escapes and plain integers are copied as they are; everything else
+/// goes through serde_json's own parsing and writing, so the two renderings cannot
+/// drift apart. `verify` hashes every event of the store with it (ADR 0006).
+///
+/// On an error `out` may hold a partial rendering.
+pub fn write_canonical_text(out: &mut Vec<u8>, text: &str) -> Result<(), CanonicalError> {
+    let mut reader = Reader {
+        bytes: text.as_bytes(),
+        text,
+        at: 0,
+    };
+    reader.value(out, 0)?;
+    reader.skip_ws();
+    if reader.at != reader.bytes.len() {
+        return Err(reader.error("trailing characters"));
+    }
+    Ok(())
+}
+
+/// serde_json's nesting limit: deeper texts are refused by both renderings.
+const MAX_DEPTH: usize = 128;
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn error(&self, what: &'static str) -> CanonicalError {
+        CanonicalError { at: self.at, what }
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8, what: &'static str) -> Result<(), CanonicalError> {
+        self.skip_ws();
+        if self.bytes.get(self.at) == Some(&byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(self.error(what))
+        }
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
+        self.skip_ws();
+        match self.bytes.get(self.at) {
+            Some(b'{') => self.object(out, depth + 1),
+            Some(b'[') => self.array(out, depth + 1),
+            Some(b'"') => {
+                let (raw, escaped) = self.string()?;
+                write_string(out, raw, escaped, self.at)
+            }
+            Some(b't') => self.literal(out, "true"),
+            Some(b'f') => self.literal(out, "false"),
+            Some(b'n') => self.literal(out, "null"),
+            Some(b'-' | b'0'..=b'9') => self.number(out),
+            Some(_) => Err(self.error("a value")),
+            None => Err(self.error("a value, found the end")),
+        }
+    }
+
+    fn literal(&mut self, out: &mut Vec<u8>, word: &'static str) -> Result<(), CanonicalError> {
+        if self.bytes[self.at..].starts_with(word.as_bytes()) {
+            self.at += word.len();
+            out.extend_from_slice(word.as_bytes());
+            Ok(())
+        } else {
+            Err(self.error("true, false or null"))
+        }
+    }
+
+    /// A string token, quotes included, and whether it holds an escape.
+    fn string(&mut self) -> Result<(&'a str, bool), CanonicalError> {
+        let start = self.at;
+        self.at += 1; // the opening quote
+        let mut escaped = false;
+        loop {
+            match self.bytes.get(self.at) {
+                Some(b'"') => {
+                    self.at += 1;
+                    return Ok((&self.text[start..self.at], escaped));
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.at += 2;
+                }
+                Some(0..=0x1f) => return Err(self.error("a control character in a string")),
+                Some(_) => self.at += 1,
+                None => return Err(self.error("the end of a string")),
+            }
+        }
+    }
+
+    fn number(&mut self, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+        let start = self.at;
+        while let Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+        let token = &self.text[start..self.at];
+        let digits = token.strip_prefix('-').unwrap_or(token);
+        // A plain integer serde_json keeps as an integer is written back as it is read.
+        let plain = !digits.is_empty()
+            && digits.len() <= 18
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'))
+            && token != "-0";
+        if plain {
+            out.extend_from_slice(token.as_bytes());
+            return Ok(());
+        }
+        let number: serde_json::Number =
+            serde_json::from_str(token).map_err(|_| CanonicalError { at: start, what: "a number" })?;
+        let _ = serde_json::to_writer(&mut *out, &number);
+        Ok(())
+    }
+
+    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("nesting deeper than 128"));
+        }
+        self.at += 1;
+        out.push(b'[');
+        self.skip_ws();
+        if self.bytes.get(self.at) == Some(&b']') {
+            self.at += 1;
+            out.push(b']');
+            return Ok(());
+        }
+        loop {
+            self.value(out, depth)?;
+            self.skip_ws();
+            match self.bytes.get(self.at) {
+                Some(b',') => {
+                    self.at += 1;
+                    out.push(b',');
+                }
+                Some(b']') => {
+                    self.at += 1;
+                    out.push(b']');
+                    return Ok(());
+                }
+                _ => return Err(self.error("',' or ']'")),
+            }
+        }
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("nesting deeper than 128"));
+        }
+        self.at += 1;
+        // Members are rendered after one another into `rendered`, then written in key
+        // order; a key given twice keeps its last value (as serde_json's map does).
+        let mut rendered = Vec::new();
+        let mut members: Vec<(std::borrow::Cow<'a, str>, std::ops::Range<usize>)> = Vec::new();
+        self.skip_ws();
+        if self.bytes.get(self.at) == Some(&b'}') {
+            self.at += 1;
+        } else {
+            loop {
+                self.skip_ws();
+                if self.bytes.get(self.at) != Some(&b'"') {
+                    return Err(self.error("a key"));
+                }
+                let key_at = self.at;
+                let (raw, escaped) = self.string()?;
+                let key = if escaped {
+                    std::borrow::Cow::Owned(
+                        serde_json::from_str::<String>(raw)
+                            .map_err(|_| CanonicalError { at: key_at, what: "a key" })?,
+                    )
+                } else {
+                    std::borrow::Cow::Borrowed(&raw[1..raw.len() - 1])
+                };
+                self.expect(b':', "':'")?;
+                let start = rendered.len();
+                self.value(&mut rendered, depth)?;
+                members.push((key, start..rendered.len()));
+                self.skip_ws();
+                match self.bytes.get(self.at) {
+                    Some(b',') => self.at += 1,
+                    Some(b'}') => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return Err(self.error("',' or '}'")),
+                }
+            }
+        }
+        // Stable: of equal keys, the last one given ends up last.
+        members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        out.push(b'{');
+        let mut first = true;
+        for (i, (key, range)) in members.iter().enumerate() {
+            if members.get(i + 1).is_some_and(|next| next.0 == *key) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            let _ = serde_json::to_writer(&mut *out, key.as_ref());
+            out.push(b':');
+            out.extend_from_slice(&rendered[range.clone()]);
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// Writes a string token as serde_json would write the string it stands for.
+fn write_string(out: &mut Vec<u8>, raw: &str, escaped: bool, at: usize) -> Result<(), CanonicalError> {
+    if escaped {
+        let s: String = serde_json::from_str(raw).map_err(|_| CanonicalError { at, what: "a string" })?;
+        let _ = serde_json::to_writer(&mut *out, &s);
+    } else {
+        // No escape and (checked while reading) no control character: serde_json would
+        // write exactly these bytes.
+        out.extend_from_slice(raw.as_bytes());
+    }
+    Ok(())
 }
 
 fn entry(out: &mut Vec<u8>, i: usize, key: &str, value: &Value) {
@@ -191,6 +458,116 @@ mod tests {
             write_canonical(&mut fast, v);
             old_write_canonical(&mut slow, v);
             assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&slow));
+        }
+    }
+
+    /// The tree-free rendering of a text must be the tree rendering of the same text.
+    fn assert_text_matches_tree(text: &str) {
+        let tree: Value = serde_json::from_str(text).unwrap();
+        let (mut from_text, mut from_tree) = (Vec::new(), Vec::new());
+        write_canonical_text(&mut from_text, text).unwrap();
+        write_canonical(&mut from_tree, &tree);
+        assert_eq!(
+            String::from_utf8_lossy(&from_text),
+            String::from_utf8_lossy(&from_tree),
+            "text: {text}"
+        );
+    }
+
+    /// How PostgreSQL's `jsonb` prints a value: keys by length then bytes, `", "` and
+    /// `": "` between members.
+    fn jsonb_style(value: &Value) -> String {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| (a.0.len(), a.0.as_bytes()).cmp(&(b.0.len(), b.0.as_bytes())));
+                let inner: Vec<String> = entries
+                    .into_iter()
+                    .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), jsonb_style(v)))
+                    .collect();
+                format!("{{{}}}", inner.join(", "))
+            }
+            Value::Array(items) => {
+                format!("[{}]", items.iter().map(jsonb_style).collect::<Vec<_>>().join(", "))
+            }
+            scalar => scalar.to_string(),
+        }
+    }
+
+    #[test]
+    fn text_rendering_matches_the_tree_on_edge_cases() {
+        for text in [
+            r#"{"b": 1, "a": {"y": [1, 2.5, -3e-7, 1e300], "x": "s\"q\\u\n\ud83d\ude97\u0007"}}"#,
+            r#"{"k": 1, "k": 2, "a\u0062": 3, "ab": 4}"#,
+            r#"[-0, 0, -0.0, 1.0, 1E2, 12345678901234567890, -9223372036854775809, 100000000000000000000]"#,
+            r#"[123456789012345678, 1234567890123456789, 0.1, 5e-324, 1.7976931348623157e308]"#,
+            " \n[ {} , [ ] , \"\" , true , false , null ] \t",
+            r#"{"é": "日本", "Z": "\/", "": null, "\u00e9": 1}"#,
+            r#"{"fare": 5000, "cum_km": 1.4999999999999998, "at": "2026-12-02T05:38:58.123456Z"}"#,
+        ] {
+            assert_text_matches_tree(text);
+        }
+    }
+
+    #[test]
+    fn text_rendering_refuses_what_serde_json_refuses() {
+        for text in ["", "{", r#"{"a" 1}"#, "[1,]", "01", "1 2", "\"a\u{1}\"", "tru", "-", "1e999", "{1: 2}"] {
+            let mut out = Vec::new();
+            assert!(write_canonical_text(&mut out, text).is_err(), "accepted {text:?}");
+            assert!(serde_json::from_str::<Value>(text).is_err(), "serde_json accepts {text:?}");
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            (-180.0f64..180.0).prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::String),
+            "[\\x00-\\x7f]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_\\x00-\\x20é]{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Compact, pretty and jsonb-style texts of any value render as the tree does.
+        #[test]
+        fn text_rendering_is_the_tree_rendering(value in json_value()) {
+            assert_text_matches_tree(&value.to_string());
+            assert_text_matches_tree(&serde_json::to_string_pretty(&value).unwrap());
+            assert_text_matches_tree(&jsonb_style(&value));
+        }
+    }
+
+    proptest::proptest! {
+        /// Hashing the stored text is hashing the parsed value, for any payload.
+        #[test]
+        fn hash_of_text_is_hash_of_value(payload in json_value(), metadata in json_value()) {
+            let (p, m) = (jsonb_style(&payload), metadata.to_string());
+            let text = HashedFields::<str> {
+                aggregate_type: "ride",
+                aggregate_id: "0190c6f2-0000-7000-8000-000000000001",
+                sequence: 1,
+                event_type: "created",
+                event_version: 1,
+                payload: &p,
+                metadata: &m,
+            };
+            let prev = [7u8; 32];
+            proptest::prop_assert_eq!(
+                event_hash_text(&prev, &text).unwrap(),
+                event_hash(&prev, &fields(&payload, &metadata))
+            );
         }
     }
 
