@@ -154,6 +154,8 @@ pub fn write_canonical_text(out: &mut Vec<u8>, text: &str) -> Result<(), Canonic
         bytes: text.as_bytes(),
         text,
         at: 0,
+        members: Vec::new(),
+        scratch: Vec::new(),
     };
     reader.value(out, 0)?;
     reader.skip_ws();
@@ -170,6 +172,11 @@ struct Reader<'a> {
     bytes: &'a [u8],
     text: &'a str,
     at: usize,
+    /// The members of the objects being read, innermost last: each object's key and
+    /// where its `"key":value` landed in the output.
+    members: Vec<(std::borrow::Cow<'a, str>, std::ops::Range<usize>)>,
+    /// Where an object's members are set aside while they are put in key order.
+    scratch: Vec<u8>,
 }
 
 impl<'a> Reader<'a> {
@@ -227,18 +234,27 @@ impl<'a> Reader<'a> {
         self.at += 1; // the opening quote
         let mut escaped = false;
         loop {
-            match self.bytes.get(self.at) {
-                Some(b'"') => {
-                    self.at += 1;
-                    return Ok((&self.text[start..self.at], escaped));
-                }
-                Some(b'\\') => {
-                    escaped = true;
-                    self.at += 2;
-                }
-                Some(0..=0x1f) => return Err(self.error("a control character in a string")),
-                Some(_) => self.at += 1,
-                None => return Err(self.error("the end of a string")),
+            let rest = &self.bytes[self.at..];
+            let Some(stop) = memchr::memchr2(b'"', b'\\', rest) else {
+                return Err(self.error("the end of a string"));
+            };
+            // serde_json refuses a raw control character in a string; so must this.
+            // (A fold, not `any`: it vectorizes.)
+            if rest[..stop].iter().fold(false, |seen, b| seen | (*b < 0x20)) {
+                return Err(self.error("a control character in a string"));
+            }
+            self.at += stop;
+            if self.bytes[self.at] == b'"' {
+                self.at += 1;
+                return Ok((&self.text[start..self.at], escaped));
+            }
+            escaped = true;
+            if self.bytes.get(self.at + 1).is_some_and(|b| *b < 0x20) {
+                return Err(self.error("a control character in a string"));
+            }
+            self.at += 2; // the backslash and the character it escapes
+            if self.at > self.bytes.len() {
+                return Err(self.error("the end of a string"));
             }
         }
     }
@@ -260,8 +276,10 @@ impl<'a> Reader<'a> {
             out.extend_from_slice(token.as_bytes());
             return Ok(());
         }
-        let number: serde_json::Number =
-            serde_json::from_str(token).map_err(|_| CanonicalError { at: start, what: "a number" })?;
+        let number: serde_json::Number = serde_json::from_str(token).map_err(|_| CanonicalError {
+            at: start,
+            what: "a number",
+        })?;
         let _ = serde_json::to_writer(&mut *out, &number);
         Ok(())
     }
@@ -301,10 +319,12 @@ impl<'a> Reader<'a> {
             return Err(self.error("nesting deeper than 128"));
         }
         self.at += 1;
-        // Members are rendered after one another into `rendered`, then written in key
-        // order; a key given twice keeps its last value (as serde_json's map does).
-        let mut rendered = Vec::new();
-        let mut members: Vec<(std::borrow::Cow<'a, str>, std::ops::Range<usize>)> = Vec::new();
+        // Members are written as they come; if their keys are not already in order (or
+        // one repeats), they are then rewritten in key order, a repeated key keeping
+        // its last value (as serde_json's map does).
+        out.push(b'{');
+        let body = out.len();
+        let base = self.members.len();
         self.skip_ws();
         if self.bytes.get(self.at) == Some(&b'}') {
             self.at += 1;
@@ -316,21 +336,28 @@ impl<'a> Reader<'a> {
                 }
                 let key_at = self.at;
                 let (raw, escaped) = self.string()?;
+                let member = out.len();
                 let key = if escaped {
-                    std::borrow::Cow::Owned(
-                        serde_json::from_str::<String>(raw)
-                            .map_err(|_| CanonicalError { at: key_at, what: "a key" })?,
-                    )
+                    let key = serde_json::from_str::<String>(raw).map_err(|_| CanonicalError {
+                        at: key_at,
+                        what: "a key",
+                    })?;
+                    let _ = serde_json::to_writer(&mut *out, &key);
+                    std::borrow::Cow::Owned(key)
                 } else {
+                    out.extend_from_slice(raw.as_bytes());
                     std::borrow::Cow::Borrowed(&raw[1..raw.len() - 1])
                 };
+                out.push(b':');
                 self.expect(b':', "':'")?;
-                let start = rendered.len();
-                self.value(&mut rendered, depth)?;
-                members.push((key, start..rendered.len()));
+                self.value(out, depth)?;
+                self.members.push((key, member..out.len()));
                 self.skip_ws();
                 match self.bytes.get(self.at) {
-                    Some(b',') => self.at += 1,
+                    Some(b',') => {
+                        self.at += 1;
+                        out.push(b',');
+                    }
                     Some(b'}') => {
                         self.at += 1;
                         break;
@@ -339,22 +366,29 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        // Stable: of equal keys, the last one given ends up last.
-        members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        out.push(b'{');
-        let mut first = true;
-        for (i, (key, range)) in members.iter().enumerate() {
-            if members.get(i + 1).is_some_and(|next| next.0 == *key) {
-                continue;
+        let members = &mut self.members[base..];
+        let ordered = members
+            .windows(2)
+            .all(|pair| pair[0].0.as_bytes() < pair[1].0.as_bytes());
+        if !ordered {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&out[body..]);
+            out.truncate(body);
+            // Stable: of equal keys, the last one given ends up last.
+            members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            let mut first = true;
+            for (i, (key, range)) in members.iter().enumerate() {
+                if members.get(i + 1).is_some_and(|next| next.0 == *key) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(&self.scratch[range.start - body..range.end - body]);
             }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            let _ = serde_json::to_writer(&mut *out, key.as_ref());
-            out.push(b':');
-            out.extend_from_slice(&rendered[range.clone()]);
         }
+        self.members.truncate(base);
         out.push(b'}');
         Ok(())
     }
@@ -488,7 +522,10 @@ mod tests {
                 format!("{{{}}}", inner.join(", "))
             }
             Value::Array(items) => {
-                format!("[{}]", items.iter().map(jsonb_style).collect::<Vec<_>>().join(", "))
+                format!(
+                    "[{}]",
+                    items.iter().map(jsonb_style).collect::<Vec<_>>().join(", ")
+                )
             }
             scalar => scalar.to_string(),
         }
@@ -511,10 +548,25 @@ mod tests {
 
     #[test]
     fn text_rendering_refuses_what_serde_json_refuses() {
-        for text in ["", "{", r#"{"a" 1}"#, "[1,]", "01", "1 2", "\"a\u{1}\"", "tru", "-", "1e999", "{1: 2}"] {
+        for text in [
+            "",
+            "{",
+            r#"{"a" 1}"#,
+            "[1,]",
+            "01",
+            "1 2",
+            "\"a\u{1}\"",
+            "tru",
+            "-",
+            "1e999",
+            "{1: 2}",
+        ] {
             let mut out = Vec::new();
             assert!(write_canonical_text(&mut out, text).is_err(), "accepted {text:?}");
-            assert!(serde_json::from_str::<Value>(text).is_err(), "serde_json accepts {text:?}");
+            assert!(
+                serde_json::from_str::<Value>(text).is_err(),
+                "serde_json accepts {text:?}"
+            );
         }
     }
 
@@ -525,7 +577,9 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
             (-180.0f64..180.0).prop_map(Value::from),
             "\\PC{0,12}".prop_map(Value::String),
             "[\\x00-\\x7f]{0,6}".prop_map(Value::String),

@@ -43,6 +43,8 @@
 //! `projections` never depends on `commands`: they meet in the `domain` event types and
 //! the schema in `migrations`.
 
+pub mod compare;
+pub mod copy_text;
 pub mod geo;
 pub mod location;
 pub mod read_models;

@@ -13,11 +13,12 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use domain::ride::{CancelledBy, RideEvent};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::copy_text::{PAYMENTS_COLUMNS, RIDES_COLUMNS};
 use crate::runtime::ProjectionError;
 
 /// One row of `rides`.
@@ -402,6 +403,7 @@ async fn fold_rides_streaming(
     Ok(fold)
 }
 
+/// `COPY billing_ledger (<LEDGER_COLUMNS>) FROM STDIN` (a test keeps the two equal).
 const LEDGER_COPY: &str =
     "COPY billing_ledger (entry_id, ride_id, kind, distance_km, cost, position, recorded_at) FROM STDIN";
 
@@ -449,18 +451,7 @@ pub async fn bulk_fill(
 fn ledger_text(rows: &[LedgerRow]) -> String {
     let mut data = String::with_capacity(rows.len() * 160);
     for e in rows {
-        copy_line(
-            &mut data,
-            &[
-                Some(e.entry_id.to_string()),
-                Some(e.ride_id.to_string()),
-                Some(e.kind.clone()),
-                e.distance_m.map(km_text),
-                Some(e.cost.to_string()),
-                Some(e.position.to_string()),
-                Some(ts(&e.recorded_at)),
-            ],
-        );
+        e.write_copy(&mut data);
     }
     data
 }
@@ -628,19 +619,6 @@ fn field(out: &mut String, value: Option<&str>) {
     }
 }
 
-fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-fn km_text(m: i64) -> String {
-    let sign = if m < 0 { "-" } else { "" };
-    format!("{sign}{}.{:03}", m.unsigned_abs() / 1000, m.unsigned_abs() % 1000)
-}
-
-fn bps_text(bps: i32) -> String {
-    format!("{}.{:04}", bps / 10_000, bps % 10_000)
-}
-
 /// `bytea` in COPY text format: `\\x` and hex digits.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 + bytes.len() * 2);
@@ -672,52 +650,17 @@ async fn copy(tx: &mut Transaction<'_, Postgres>, statement: &str, data: String)
 const COPY_CHUNK: usize = 20_000;
 
 /// COPYs the fold into the tables `search_path` resolves. Returns the rows written.
+/// Each row is the line [`crate::copy_text`] renders: the bytes `verify` expects the
+/// live tables to print back.
 pub async fn copy_rows(tx: &mut Transaction<'_, Postgres>, fold: &RideFold) -> Result<u64, sqlx::Error> {
     let mut written = 0;
     let rides: Vec<&RideRow> = fold.rides.values().collect();
     for chunk in rides.chunks(COPY_CHUNK) {
         let mut data = String::with_capacity(chunk.len() * 400);
         for r in chunk {
-            copy_line(
-                &mut data,
-                &[
-                    Some(r.ride_id.to_string()),
-                    Some(r.match_id.to_string()),
-                    Some(r.driver_id.to_string()),
-                    Some(r.passenger_id.to_string()),
-                    Some(r.status.clone()),
-                    Some(r.pickup_lat.to_string()),
-                    Some(r.pickup_lon.to_string()),
-                    Some(r.destination_lat.to_string()),
-                    Some(r.destination_lon.to_string()),
-                    r.distance_m.map(km_text),
-                    r.fare.map(|v| v.to_string()),
-                    r.adjusted_fare.map(|v| v.to_string()),
-                    r.admin_fee.map(|v| v.to_string()),
-                    r.driver_payout.map(|v| v.to_string()),
-                    r.adjustment_bps.map(bps_text),
-                    Some(ts(&r.created_at)),
-                    r.started_at.as_ref().map(ts),
-                    r.arrived_at.as_ref().map(ts),
-                    r.completed_at.as_ref().map(ts),
-                    r.cancelled_at.as_ref().map(ts),
-                    r.cancelled_by.clone(),
-                    r.cancel_reason.clone(),
-                    Some(r.last_sequence.to_string()),
-                    Some(hex(&r.last_hash)),
-                    Some(r.updated_position.to_string()),
-                ],
-            );
+            r.write_copy(&mut data);
         }
-        written += copy(
-            tx,
-            "COPY rides (ride_id, match_id, driver_id, passenger_id, status, pickup_lat, pickup_lon, \
-             destination_lat, destination_lon, distance_km, fare, adjusted_fare, admin_fee, driver_payout, \
-             adjustment_factor, created_at, started_at, arrived_at, completed_at, cancelled_at, cancelled_by, \
-             cancel_reason, last_sequence, last_hash, updated_position) FROM STDIN",
-            data,
-        )
-        .await?;
+        written += copy(tx, &format!("COPY rides ({RIDES_COLUMNS}) FROM STDIN"), data).await?;
     }
     for chunk in fold.ledger.chunks(COPY_CHUNK) {
         written += copy(tx, LEDGER_COPY, ledger_text(chunk)).await?;
@@ -726,26 +669,11 @@ pub async fn copy_rows(tx: &mut Transaction<'_, Postgres>, fold: &RideFold) -> R
     for chunk in payments.chunks(COPY_CHUNK) {
         let mut data = String::with_capacity(chunk.len() * 200);
         for p in chunk {
-            copy_line(
-                &mut data,
-                &[
-                    Some(p.payment_id.to_string()),
-                    Some(p.ride_id.to_string()),
-                    Some(p.adjusted_cost.to_string()),
-                    Some(p.admin_fee.to_string()),
-                    Some(p.driver_payout.to_string()),
-                    Some(p.status.clone()),
-                    Some(p.attempts.to_string()),
-                    p.provider_ref.clone(),
-                    Some(ts(&p.created_at)),
-                    Some(ts(&p.updated_at)),
-                ],
-            );
+            p.write_copy(&mut data);
         }
         written += copy(
             tx,
-            "COPY payments (payment_id, ride_id, adjusted_cost, admin_fee, driver_payout, status, attempts, \
-             provider_ref, created_at, updated_at) FROM STDIN",
+            &format!("COPY payments ({PAYMENTS_COLUMNS}) FROM STDIN"),
             data,
         )
         .await?;
@@ -765,11 +693,14 @@ mod tests {
     }
 
     #[test]
-    fn numbers_render_exactly() {
-        assert_eq!(km_text(1234), "1.234");
-        assert_eq!(km_text(7), "0.007");
-        assert_eq!(bps_text(5700), "0.5700");
-        assert_eq!(bps_text(10_000), "1.0000");
+    fn hex_and_the_ledger_copy_statement() {
         assert_eq!(hex(&[0, 255]), "\\x00ff");
+        assert_eq!(
+            LEDGER_COPY,
+            format!(
+                "COPY billing_ledger ({}) FROM STDIN",
+                crate::copy_text::LEDGER_COLUMNS
+            )
+        );
     }
 }

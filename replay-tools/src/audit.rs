@@ -16,11 +16,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use domain::chain::{event_hash, HashedFields, GENESIS};
-use domain::ride::RideEvent;
+use domain::chain::{event_hash_text, CanonicalError, HashedFields, GENESIS};
 use futures::TryStreamExt;
-use projections::rows::{diff, read_live, At, RideFold, RowDiff};
-use serde_json::Value;
+use projections::compare::compare_live;
+use projections::rows::{parse_ride_event, At, RideFold, RowDiff};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -52,19 +51,103 @@ impl VerifyReport {
     }
 }
 
-/// The part of an event `verify` needs, as PostgreSQL sends it (JSON as text).
-#[derive(sqlx::FromRow)]
-struct Row {
+/// The part of an event `verify` needs, as PostgreSQL sends it (JSON as text),
+/// borrowed from a [`Batch`].
+struct Row<'a> {
     position: i64,
-    aggregate_type: String,
+    aggregate_type: &'a str,
     aggregate_id: Uuid,
     sequence: i64,
-    event_type: String,
+    event_type: &'a str,
     event_version: i32,
-    payload: String,
-    metadata: String,
+    payload: &'a str,
+    metadata: &'a str,
     recorded_at: DateTime<Utc>,
-    hash: Vec<u8>,
+    hash: &'a [u8],
+}
+
+/// Rows as read, their variable-length fields packed into two buffers: a handful of
+/// allocations a batch rather than five a row, freed by the checker in one go.
+#[derive(Default)]
+struct Batch {
+    text: String,
+    bytes: Vec<u8>,
+    rows: Vec<Packed>,
+}
+
+/// A row of a [`Batch`]: fixed fields, and where its strings end in `text` (aggregate
+/// type, event type, payload, metadata, each starting where the one before ends).
+struct Packed {
+    position: i64,
+    aggregate_id: Uuid,
+    sequence: i64,
+    event_version: i32,
+    recorded_at: DateTime<Utc>,
+    text_start: usize,
+    text_ends: [usize; 4],
+    hash: std::ops::Range<usize>,
+}
+
+impl Batch {
+    fn with_capacity(rows: usize) -> Self {
+        Batch {
+            text: String::with_capacity(rows * 640),
+            bytes: Vec::with_capacity(rows * 32),
+            rows: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Appends a row of the verify query, columns taken by position.
+    fn push(&mut self, row: &sqlx::postgres::PgRow) -> Result<(), sqlx::Error> {
+        use sqlx::Row as _;
+        let text_start = self.text.len();
+        let mut text_ends = [0; 4];
+        for (end, column) in text_ends.iter_mut().zip([1usize, 4, 6, 7]) {
+            self.text.push_str(row.try_get::<&str, _>(column)?);
+            *end = self.text.len();
+        }
+        let hash_start = self.bytes.len();
+        self.bytes.extend_from_slice(row.try_get::<&[u8], _>(9)?);
+        self.rows.push(Packed {
+            position: row.try_get(0)?,
+            aggregate_id: row.try_get(2)?,
+            sequence: row.try_get(3)?,
+            event_version: row.try_get(5)?,
+            recorded_at: row.try_get(8)?,
+            text_start,
+            text_ends,
+            hash: hash_start..self.bytes.len(),
+        });
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.bytes.clear();
+        self.rows.clear();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Row<'_>> {
+        self.rows.iter().map(|p| {
+            let [t0, t1, t2, t3] = p.text_ends;
+            Row {
+                position: p.position,
+                aggregate_type: &self.text[p.text_start..t0],
+                aggregate_id: p.aggregate_id,
+                sequence: p.sequence,
+                event_type: &self.text[t0..t1],
+                event_version: p.event_version,
+                payload: &self.text[t1..t2],
+                metadata: &self.text[t2..t3],
+                recorded_at: p.recorded_at,
+                hash: &self.bytes[p.hash.clone()],
+            }
+        })
+    }
 }
 
 /// Rows per batch handed from the reader to the checker.
@@ -76,59 +159,65 @@ type Heads = HashMap<(String, Uuid), (i64, Vec<u8>)>;
 /// Events arrive in position order, so the aggregates interleave: each has its chain
 /// state in a map (its type interned), closed against its recorded head at the end.
 fn check_all(
-    inbox: std::sync::mpsc::Receiver<Vec<Row>>,
+    inbox: std::sync::mpsc::Receiver<Batch>,
+    done: std::sync::mpsc::Sender<Batch>,
     heads: std::sync::Arc<Heads>,
+    events: usize,
 ) -> (VerifyReport, RideFold, Vec<(String, Uuid)>) {
     let mut report = VerifyReport::default();
     let mut fold = RideFold::default();
+    // Room for a ledger row per event and a ride per aggregate of the whole store up
+    // front (address space, not memory: only what is written is touched), so that
+    // neither this part nor the merge of the parts ever copies them to grow.
+    fold.ledger.reserve(events);
+    fold.rides.reserve(heads.len());
+    fold.payments.reserve(heads.len());
     let mut types: Vec<String> = Vec::new();
     let mut chains: HashMap<(Uuid, usize), Chain> = HashMap::with_capacity(heads.len());
-    for row in inbox.into_iter().flatten() {
-        report.events += 1;
-        let type_index = match types.iter().position(|t| *t == row.aggregate_type) {
-            Some(i) => i,
-            None => {
-                types.push(row.aggregate_type.clone());
-                types.len() - 1
-            }
-        };
-        let c = chains
-            .entry((row.aggregate_id, type_index))
-            .or_insert_with(|| Chain {
-                aggregate_type: row.aggregate_type.clone(),
-                aggregate_id: row.aggregate_id,
-                expected_sequence: 1,
-                prev: GENESIS.to_vec(),
-            });
-        let (payload, metadata) = match (
-            serde_json::from_str::<Value>(&row.payload),
-            serde_json::from_str::<Value>(&row.metadata),
-        ) {
-            (Ok(p), Ok(m)) => (p, m),
-            (Err(e), _) | (_, Err(e)) => {
+    for mut batch in inbox {
+        for row in batch.iter() {
+            report.events += 1;
+            let type_index = match types.iter().position(|t| *t == row.aggregate_type) {
+                Some(i) => i,
+                None => {
+                    types.push(row.aggregate_type.to_owned());
+                    types.len() - 1
+                }
+            };
+            let c = chains
+                .entry((row.aggregate_id, type_index))
+                .or_insert_with(|| Chain {
+                    aggregate_type: row.aggregate_type.to_owned(),
+                    aggregate_id: row.aggregate_id,
+                    expected_sequence: 1,
+                    prev: GENESIS.to_vec(),
+                });
+            if let Err(e) = check_link(c, &row, &mut report.chain_breaks) {
                 report.unreadable.push(format!(
-                    "{} {} #{}: not JSON: {e}",
+                    "{} {} #{}: payload or metadata {e}",
                     row.aggregate_type, row.aggregate_id, row.sequence
                 ));
                 continue;
             }
-        };
-        check_link(c, &row, &payload, &metadata, &mut report.chain_breaks);
-        if row.aggregate_type == "ride" {
-            let at = At {
-                position: row.position,
-                sequence: row.sequence,
-                recorded_at: row.recorded_at,
-                hash: &row.hash,
-            };
-            match ride_event(&row, payload) {
-                Ok(event) => fold.apply(row.aggregate_id, at, event),
-                Err(reason) => report.unreadable.push(format!(
-                    "ride {} #{} ({}): {reason}",
-                    row.aggregate_id, row.sequence, row.event_type
-                )),
+            if row.aggregate_type == "ride" {
+                let at = At {
+                    position: row.position,
+                    sequence: row.sequence,
+                    recorded_at: row.recorded_at,
+                    hash: row.hash,
+                };
+                match parse_ride_event(row.event_type, row.event_version, row.payload) {
+                    Ok(event) => fold.apply(row.aggregate_id, at, event),
+                    Err(reason) => report.unreadable.push(format!(
+                        "ride {} #{} ({}): {reason}",
+                        row.aggregate_id, row.sequence, row.event_type
+                    )),
+                }
             }
         }
+        // Back to the reader, to be filled again: its buffers stay warm.
+        batch.clear();
+        let _ = done.send(batch);
     }
     report.aggregates = chains.len() as u64;
     let mut seen = Vec::with_capacity(chains.len());
@@ -181,37 +270,21 @@ pub async fn verify(
     .map(|(t, i, v, h)| ((t, i), (v, h)))
     .collect();
 
-    // The live rows are read on a connection of their own while the events stream.
-    let live = {
-        let pool = pool.clone();
-        let only: Option<Vec<Uuid>> = match window {
-            None => None,
-            Some(_) => Some(
-                sqlx::query_scalar(&format!(
-                    "SELECT aggregate_id FROM streams{scope} AND aggregate_type = 'ride'"
-                ))
-                .bind(from)
-                .bind(to)
-                .fetch_all(&pool)
-                .await?,
-            ),
-        };
-        tokio::spawn(async move {
-            let mut conn = pool.acquire().await?;
-            read_live(&mut conn, only.as_deref()).await
-        })
-    };
-
     // Hashing and folding run on a thread of their own, fed batches of rows, so that
     // reading (here) and checking (there) overlap.
     let heads = std::sync::Arc::new(heads);
     let mut outboxes = Vec::with_capacity(CHECKERS);
     let mut checkers = Vec::with_capacity(CHECKERS);
+    // Checked batches come back empty and are reused.
+    let (done, recycled) = std::sync::mpsc::channel::<Batch>();
     for _ in 0..CHECKERS {
-        let (outbox, inbox) = std::sync::mpsc::sync_channel::<Vec<Row>>(8);
-        let heads = heads.clone();
-        checkers.push(tokio::task::spawn_blocking(move || check_all(inbox, heads)));
-        outboxes.push((outbox, Vec::with_capacity(BATCH)));
+        let (outbox, inbox) = std::sync::mpsc::sync_channel::<Batch>(8);
+        let (heads, done) = (heads.clone(), done.clone());
+        let events = usize::try_from(total).unwrap_or(0) + BATCH;
+        checkers.push(tokio::task::spawn_blocking(move || {
+            check_all(inbox, done, heads, events)
+        }));
+        outboxes.push((outbox, Batch::with_capacity(BATCH)));
     }
     {
         let sql = format!(
@@ -219,15 +292,21 @@ pub async fn verify(
              payload::text AS payload, metadata::text AS metadata, recorded_at, hash \
              FROM events{scope} ORDER BY position"
         );
-        let mut rows = sqlx::query_as::<_, Row>(&sql).bind(from).bind(to).fetch(pool);
+        let mut rows = sqlx::query(&sql).bind(from).bind(to).fetch(pool);
         let mut read = 0u64;
         while let Some(row) = rows.try_next().await? {
-            let (outbox, batch) = &mut outboxes[(row.aggregate_id.as_u128() % CHECKERS as u128) as usize];
-            batch.push(row);
+            let aggregate: Uuid = sqlx::Row::try_get(&row, 2)?;
+            let (outbox, batch) = &mut outboxes[(aggregate.as_u128() % CHECKERS as u128) as usize];
+            batch.push(&row)?;
             read += 1;
             if batch.len() == BATCH
                 && outbox
-                    .send(std::mem::replace(batch, Vec::with_capacity(BATCH)))
+                    .send(std::mem::replace(
+                        batch,
+                        recycled
+                            .try_recv()
+                            .unwrap_or_else(|_| Batch::with_capacity(BATCH)),
+                    ))
                     .is_err()
             {
                 break;
@@ -250,9 +329,13 @@ pub async fn verify(
         report.aggregates += part.aggregates;
         report.chain_breaks.extend(part.chain_breaks);
         report.unreadable.extend(part.unreadable);
-        fold.rides.extend(part_fold.rides);
-        fold.ledger.extend(part_fold.ledger);
-        fold.payments.extend(part_fold.payments);
+        if fold.rides.is_empty() && fold.ledger.is_empty() {
+            fold = part_fold; // the first part as it is, not copied
+        } else {
+            fold.rides.extend(part_fold.rides);
+            fold.ledger.extend(part_fold.ledger);
+            fold.payments.extend(part_fold.payments);
+        }
         seen.extend(part_seen);
     }
     for ((t, i), (version, _)) in heads.iter() {
@@ -271,27 +354,32 @@ pub async fn verify(
     progress(report.events, total as u64);
     report.rides = fold.rides.len() as u64;
 
-    let live = live.await??;
-    report.row_diffs = diff(&fold, &live);
+    // With a window, the rides of the window (as `streams` knows them, so that a ride
+    // whose events were deleted still has its rows looked at).
+    let only: Option<Vec<Uuid>> = match window {
+        None => None,
+        Some(_) => Some(
+            sqlx::query_scalar(&format!(
+                "SELECT aggregate_id FROM streams{scope} AND aggregate_type = 'ride'"
+            ))
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?,
+        ),
+    };
+    report.row_diffs = compare_live(pool, &fold, only.as_deref()).await?.diffs;
     if scratch {
         report.scratch_schema = Some(write_scratch(pool, &fold).await?);
     }
     Ok(report)
 }
 
-fn ride_event(row: &Row, payload: Value) -> Result<RideEvent, String> {
-    if row.event_version != 1 {
-        return Err(format!("no upcaster for version {}", row.event_version));
-    }
-    let mut tagged = serde_json::Map::with_capacity(2);
-    tagged.insert("event_type".into(), Value::String(row.event_type.clone()));
-    tagged.insert("payload".into(), payload);
-    serde_json::from_value(Value::Object(tagged)).map_err(|e| e.to_string())
-}
-
-fn check_link(chain: &mut Chain, row: &Row, payload: &Value, metadata: &Value, breaks: &mut Vec<ChainBreak>) {
+/// Checks one link of `chain`; an error when the event's JSON cannot be read (its hash
+/// cannot be computed then, and the chain is left where it was).
+fn check_link(chain: &mut Chain, row: &Row<'_>, breaks: &mut Vec<ChainBreak>) -> Result<(), CanonicalError> {
     let broken = |sequence: i64, problem: String| ChainBreak {
-        aggregate_type: row.aggregate_type.clone(),
+        aggregate_type: row.aggregate_type.to_owned(),
         aggregate_id: row.aggregate_id,
         sequence,
         problem,
@@ -305,20 +393,21 @@ fn check_link(chain: &mut Chain, row: &Row, payload: &Value, metadata: &Value, b
             ),
         ));
     }
-    let id = row.aggregate_id.to_string();
-    let computed = event_hash(
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = row.aggregate_id.hyphenated().encode_lower(&mut id);
+    let computed = event_hash_text(
         &chain.prev,
-        &HashedFields {
-            aggregate_type: &row.aggregate_type,
-            aggregate_id: &id,
+        &HashedFields::<str> {
+            aggregate_type: row.aggregate_type,
+            aggregate_id: id,
             sequence: row.sequence,
-            event_type: &row.event_type,
+            event_type: row.event_type,
             event_version: row.event_version,
-            payload,
-            metadata,
+            payload: row.payload,
+            metadata: row.metadata,
         },
-    );
-    if computed.as_slice() != row.hash.as_slice() {
+    )?;
+    if computed.as_slice() != row.hash {
         breaks.push(broken(
             row.sequence,
             format!(
@@ -327,8 +416,10 @@ fn check_link(chain: &mut Chain, row: &Row, payload: &Value, metadata: &Value, b
             ),
         ));
     }
-    chain.prev.clone_from(&row.hash);
+    chain.prev.clear();
+    chain.prev.extend_from_slice(row.hash);
     chain.expected_sequence = row.sequence + 1;
+    Ok(())
 }
 
 fn close_chain(chain: &Chain, heads: &HashMap<(String, Uuid), (i64, Vec<u8>)>, breaks: &mut Vec<ChainBreak>) {
