@@ -600,25 +600,6 @@ fn diff_table<T: std::fmt::Debug + PartialEq>(
 
 // ---- COPY -------------------------------------------------------------------------
 
-/// Appends one text-format COPY field (`\N` for null; backslash, tab and newlines
-/// escaped).
-fn field(out: &mut String, value: Option<&str>) {
-    match value {
-        None => out.push_str("\\N"),
-        Some(v) => {
-            for c in v.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '\t' => out.push_str("\\t"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-        }
-    }
-}
-
 /// `bytea` in COPY text format: `\\x` and hex digits.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 + bytes.len() * 2);
@@ -629,15 +610,14 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Appends one row as a COPY text-format line (fields tab-separated, `None` as `\N`).
+/// Appends one row as a COPY text-format line (fields tab-separated, `None` as `\N`,
+/// text escaped as [`crate::copy_text::Line::text`] does).
 pub fn copy_line(out: &mut String, fields: &[Option<String>]) {
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push('\t');
-        }
-        field(out, f.as_deref());
+    let mut line = crate::copy_text::Line::new(out);
+    for f in fields {
+        line.opt(f.as_deref(), crate::copy_text::Line::text);
     }
-    out.push('\n');
+    line.end();
 }
 
 async fn copy(tx: &mut Transaction<'_, Postgres>, statement: &str, data: String) -> Result<u64, sqlx::Error> {
