@@ -11,20 +11,17 @@ use super::client::AckRecord;
 
 /// Commands whose acknowledgement promises events, by frame type. A driver's
 /// `location_update` is sent only during a ride here, so it is a trip point (recorded
-/// or rejected: an event either way). Excluded by design: `beacon_update` and a
+/// or rejected: an event either way; the test keeps it clear of jitter). Excluded by design: `beacon_update` and a
 /// passenger's `location_update` are positions (Redis and JetStream `LOCATION`), never
 /// events; and a refused command (`ok: false`) appends nothing, which is checked too.
 fn promises_events(ack: &AckRecord, drivers: &[String]) -> bool {
     match ack.kind.as_str() {
         "finder_update" | "match_confirm" | "ride_start" | "ride_arrived" | "payment_process"
         | "ride_cancel" => true,
-        // A driver's ping is a trip point only while their ride is IN_PROGRESS on the
-        // server; its ack then carries the trip-point answer. An empty answer says the
-        // server took it as a plain position (no ride in progress at that moment, e.g.
-        // a ping resent after a kill that lands after the ride moved on): no events.
-        "location_update" => {
-            drivers.contains(&ack.user_id) && ack.body.as_object().is_some_and(|answer| !answer.is_empty())
-        }
+        // Drivers send `location_update` only between an acked `ride_start` and their
+        // `ride_arrived`, each ride's points away from every earlier position (see
+        // `client::ride`): each is recorded or rejected on the ride, an event either way.
+        "location_update" => drivers.contains(&ack.user_id),
         _ => false,
     }
 }

@@ -425,9 +425,14 @@ pub async fn ride(pair: &mut Pair, pool: &sqlx::PgPool, mode: Pushes, deadline: 
             assert!(started.is_some(), "{}: no ride_started", app.user_id);
         }
     }
+    // Each ride's trip points lie on a line of their own (0.0001° ≈ 11 m of longitude
+    // per frame the driver has sent, so ≥ 55 m between rides): the ride's start point
+    // is the driver's last known position, which may still be an earlier ride's last
+    // trip point, and a point within 10 m of it would be jitter (no event, by design).
+    let lane = lon + 0.0001 * d.frames as f64;
     for step in 1..=3 {
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let trip = json!({"lat": lat + 0.0003 * f64::from(step), "lon": lon, "recorded_at": at});
+        let trip = json!({"lat": lat + 0.0003 * f64::from(step), "lon": lane, "recorded_at": at});
         let ack = d.command("location_update", trip, deadline).await;
         assert_eq!(ack["ok"], true, "trip point: {ack}");
     }
