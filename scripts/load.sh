@@ -46,6 +46,13 @@ serve=$!
 trap 'kill "$serve" 2>/dev/null; wait "$serve" 2>/dev/null || true' EXIT
 WAIT_SECS=60 wait_for "nebengjek serve" curl -sf "http://$HTTP_ADDR/readyz" -o /dev/null
 
+vmstat -n 5 >"$out/vmstat.txt" &
+vmstat=$!
+# The busiest processes every 2 s: a build or a query of someone else's on the same
+# cores shows here (the lock only keeps other measurements out).
+while sleep 2; do echo "$(date +%T) $(ps -eo comm=,pcpu= --sort=-pcpu | head -6 | tr -s ' ' | tr '\n' ';')"; done >"$out/top.txt" &
+top=$!
+trap 'kill "$serve" "$vmstat" "$top" 2>/dev/null; wait "$serve" 2>/dev/null || true' EXIT
 log "load: $clients clients, $duration s measured, ulimit -n $(ulimit -n), $(nproc) cores"
 # shellcheck disable=SC2086 # LOAD_ARGS is a list of flags
 /usr/bin/time -f "nebengjek-load %U %S" -o "$out/load.time" \
@@ -60,4 +67,6 @@ join -a 2 "$out/cpu.before" "$out/cpu.after" \
 awk '{printf "%-20s %8.1f s\n", $1, $2 + $3}' "$out/load.time" >>"$out/cpu.txt"
 sort -k2 -nr -o "$out/cpu.txt" "$out/cpu.txt"
 log "CPU seconds during the run:"; cat "$out/cpu.txt"
+others=$(grep -oE '(rustc|cargo|cc|ld|bench|psql|ld.lld|clippy-driver)[^;]*' "$out/top.txt" | sort | uniq -c | sort -rn | head -5 || true)
+[[ -z $others ]] || log "WARNING: other work ran on these cores during the run (samples): $others"
 log "serve log: $(grep -c ' WARN ' "$out/serve.log" || true) warnings, $(grep -c ' ERROR ' "$out/serve.log" || true) errors"

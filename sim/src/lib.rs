@@ -825,8 +825,12 @@ impl Conn {
             request
                 .headers_mut()
                 .insert("authorization", format!("Bearer {}", self.token).parse()?);
-            // Nagle off, like a real app's socket: a frame is one small write.
-            match tokio_tungstenite::connect_async_with_config(request, None, true).await {
+            // Nagle off, like a real app's socket: a frame is one small write. A 4 KiB
+            // read buffer, not tungstenite's 128 KiB zero-filled before every read:
+            // the generator shares the machine with what it measures.
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(4 * 1024);
+            match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
                 Ok((ws, _)) => {
                     self.ws = Some(ws);
                     self.open = true;
