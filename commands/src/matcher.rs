@@ -44,6 +44,7 @@ use domain::ride::RideEvent;
 use domain::{DomainEvent, GeoPoint, MatchId, Reservation, UserId};
 use futures::StreamExt;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::bus::{answer, CommandBus};
@@ -406,8 +407,9 @@ impl Matcher {
             m.round(),
             deadline.timestamp_micros()
         );
+        // Instrumented, never entered: a guard held across `.await` leaves the span on
+        // whichever thread the task resumes on (clippy.toml forbids it).
         let span = tracing::info_span!("matcher_propose", match_id = %id, round = m.round(), candidates = candidates.len());
-        let _guard = span.enter();
         if candidates.is_empty() {
             step.empty += 1;
             self.waiting.insert(id, Waiting { pickup, radius_km });
@@ -420,10 +422,11 @@ impl Matcher {
             self.bus
                 .matches()
                 .execute(id.as_uuid(), &env, &MatchCommand::Propose { candidates })
+                .instrument(span.clone())
                 .await?,
         );
         if !ack.ok {
-            tracing::debug!(?ack, "proposal refused (the match moved on)");
+            span.in_scope(|| tracing::debug!(?ack, "proposal refused (the match moved on)"));
         }
         metrics::counter!("nebengjek_matcher_searches_total").increment(1);
         Ok(step)

@@ -1,6 +1,12 @@
 //! `nebengjek load`: the city simulator against a running deployment. About a tenth
 //! of the clients are active (drivers and passengers), the rest idle sockets that
 //! connect and hold; the report is written as JSON and as Markdown.
+//!
+//! The run ramps up first (every client logs in and connects, `--login-concurrency`
+//! at a time), then measures for `--duration` seconds (see `sim`'s "Phases"): the
+//! headline ack latency is that of the commands sent inside the window over sockets
+//! already open, from writing the frame to reading its ack in this process. The load
+//! generator usually shares the machine with the deployment: the report says so.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -17,8 +23,10 @@ pub struct LoadOptions {
     pub drivers: Option<usize>,
     /// Active passengers (default: 4% of clients, at least 1).
     pub passengers: Option<usize>,
-    /// Seconds during which new rides start.
+    /// Seconds measured once every client is connected.
     pub duration_s: u64,
+    /// Logins in flight at once during the ramp.
+    pub login_concurrency: usize,
     /// Where the JSON report goes; Markdown goes beside it with `.md`.
     pub report: PathBuf,
 }
@@ -31,7 +39,8 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<()> {
     let passengers = options.passengers.unwrap_or((options.clients * 4 / 100).max(1));
     let idle = options.clients.saturating_sub(drivers + passengers);
     println!(
-        "load: {drivers} drivers, {passengers} passengers, {idle} idle sockets for {} s against {}",
+        "load: {drivers} drivers, {passengers} passengers, {idle} idle sockets; ramp ({} logins at a time), then {} s measured, against {}",
+        options.login_concurrency,
         options.duration_s,
         options.urls.join(", ")
     );
@@ -41,12 +50,13 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<()> {
         passengers,
         idle_clients: idle,
         duration: Duration::from_secs(options.duration_s),
+        login_concurrency: options.login_concurrency,
         ..sim::SimConfig::default()
     };
     let report = sim::run(config, |s: &sim::Snapshot| {
         print!(
-            "\r  {:>5.0} s  clients {:>6}  rides completed {:>5}  failed {:>3}  commands/s {:>7.1}  ack p50 {:>6.1} ms  p99 {:>7.1} ms   ",
-            s.elapsed_s, s.clients, s.rides_completed, s.rides_failed, s.commands_per_s, s.ack_p50_ms, s.ack_p99_ms
+            "\r  {:>5.0} s {}  clients {:>6}  rides completed {:>5}  failed {:>3}  commands/s {:>7.1}  ack p50 {:>6.1} ms  p99 {:>7.1} ms   ",
+            s.elapsed_s, if s.measuring { "window" } else { "ramp  " }, s.clients, s.rides_completed, s.rides_failed, s.commands_per_s, s.ack_p50_ms, s.ack_p99_ms
         );
         let _ = std::io::stdout().flush();
     })
@@ -54,8 +64,13 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<()> {
     println!();
     std::fs::write(&options.report, serde_json::to_string_pretty(&report)?)?;
     let md = options.report.with_extension("md");
-    std::fs::write(&md, report.markdown())?;
-    println!("{}", report.markdown());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let markdown = format!(
+        "{}\n\nAck latency: commands sent inside the window over sockets already open, from writing the frame to reading its ack in the load generator ({cores} cores here, shared with whatever else runs on this machine — usually the deployment itself).\n",
+        report.markdown()
+    );
+    std::fs::write(&md, &markdown)?;
+    println!("{markdown}");
     println!("report: {} and {}", options.report.display(), md.display());
     Ok(())
 }

@@ -54,9 +54,13 @@ enum Command {
         /// Active passengers (default 4% of clients).
         #[arg(long)]
         passengers: Option<usize>,
-        /// Seconds during which new rides start.
+        /// Seconds measured once every client has logged in and connected (new rides
+        /// start until then; rides in flight then finish).
         #[arg(long, default_value_t = 60)]
         duration: u64,
+        /// Logins in flight at once while the clients connect.
+        #[arg(long, default_value_t = 64)]
+        login_concurrency: usize,
         /// The JSON report; the Markdown one goes beside it with `.md`.
         #[arg(long, default_value = "load-report.json")]
         report: std::path::PathBuf,
@@ -112,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         drivers,
         passengers,
         duration,
+        login_concurrency,
         report,
     } = cli.command
     {
@@ -121,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             drivers,
             passengers,
             duration_s: duration,
+            login_concurrency,
             report,
         })
         .await;

@@ -41,6 +41,8 @@ async fn a_short_simulation_completes_rides_without_failures() {
         seed: 7,
         idle_clients: 5,
         ack_log: None,
+        login_concurrency: 4,
+        ramp_timeout: Duration::from_secs(60),
     };
     let report = tokio::time::timeout(Duration::from_secs(150), sim::run(sim, |_| {}))
         .await
@@ -52,4 +54,19 @@ async fn a_short_simulation_completes_rides_without_failures() {
     assert_eq!(report.rides_failed, 0, "{report:#?}");
     assert!(report.errors.is_empty(), "{report:#?}");
     assert!(report.clients_held >= 15, "{report:#?}");
+    // Every user logged in during the ramp and held its socket through the window,
+    // whose commands all got an ack (and only those are in the window's latency).
+    assert_eq!(report.logins_ok, 15, "{report:#?}");
+    let w = &report.window;
+    assert!(w.opened_after_s > 0.0, "{report:#?}");
+    assert_eq!(w.clients_min, 15, "{report:#?}");
+    assert!(w.commands > 0, "{report:#?}");
+    assert_eq!(w.unacked, 0, "{report:#?}");
+    assert_eq!(w.ack.count, w.acks_ok + w.acks_err, "{report:#?}");
+    assert!(w.commands >= w.ack.count, "{report:#?}");
+    // Rides in flight finish after the window: those commands are in neither.
+    assert!(
+        report.ramp_ack.count + w.ack.count <= report.acks_ok + report.acks_err,
+        "{report:#?}"
+    );
 }

@@ -39,6 +39,7 @@ use migrations::StoredEvent;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use sqlx::PgPool;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// Where "now" comes from (injected so that tests move time).
@@ -390,7 +391,6 @@ impl GeoIndex {
         ops: &[[String; 4]],
     ) -> Result<BatchOutcome, GeoError> {
         let span = tracing::debug_span!("geo_projection_batch", after, last, ops = ops.len());
-        let _guard = span.enter();
         let script = Script::new(EVENTS_LUA);
         let mut inv = script.prepare_invoke();
         inv.key(&self.keys.busy)
@@ -405,7 +405,7 @@ impl GeoIndex {
             inv.arg(&op[0]).arg(&op[1]).arg(&op[2]).arg(&op[3]);
         }
         let mut conn = self.redis.clone();
-        let applied: i64 = inv.invoke_async(&mut conn).await?;
+        let applied: i64 = inv.invoke_async(&mut conn).instrument(span).await?;
         if applied < 0 {
             return Ok(BatchOutcome::Lost);
         }

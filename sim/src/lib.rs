@@ -7,12 +7,24 @@
 //! independent computation from the points the driver sent (SPEC §3 Billing).
 //! Users reconnect after a close (e.g. 1001 when a process goes away), re-read
 //! `session_state` and carry on; a command is resent with the same frame id.
+//!
+//! ## Phases
+//! A run has a **ramp** and a **measuring window**. During the ramp every user logs in
+//! (`POST /v1/auth/otp`, `POST /v1/auth/token`, drivers `POST /v1/drivers`) and opens
+//! its socket, at most [`SimConfig::login_concurrency`] at a time; active users start
+//! riding as soon as they are connected. The window opens when the last user has
+//! connected (or given up) and lasts [`SimConfig::duration`]; new rides start only
+//! until it closes, rides in flight then finish. The headline numbers of the
+//! [`Report`] are the window's: commands *sent* inside it (over sockets already open)
+//! and their ack latency, measured in the client from writing the frame to reading its
+//! ack, whenever that ack arrives. The ramp's commands and the logins are reported
+//! apart.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -44,6 +56,10 @@ pub struct SimConfig {
     pub idle_clients: usize,
     /// JSON lines, one per acknowledged (ok) command.
     pub ack_log: Option<PathBuf>,
+    /// Logins (and first connects) in flight at once during the ramp.
+    pub login_concurrency: usize,
+    /// The longest ramp: the window opens after this even if users are still logging in.
+    pub ramp_timeout: Duration,
 }
 
 impl Default for SimConfig {
@@ -56,6 +72,8 @@ impl Default for SimConfig {
             seed: 1,
             idle_clients: 0,
             ack_log: None,
+            login_concurrency: 64,
+            ramp_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -75,16 +93,87 @@ pub struct Snapshot {
     pub commands: u64,
     /// Commands per second so far.
     pub commands_per_s: f64,
-    /// Ack latency median so far.
+    /// Whether the measuring window has opened.
+    pub measuring: bool,
+    /// Ack latency median so far, of the current phase (ramp, then window).
     pub ack_p50_ms: f64,
-    /// Ack latency 99th percentile so far.
+    /// Ack latency 99th percentile so far, of the current phase.
     pub ack_p99_ms: f64,
+}
+
+/// Latency quantiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let ms = |v: u64| v as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+    fn cell(&self) -> String {
+        format!(
+            "{:.1} / {:.1} / {:.1} / {:.1}",
+            self.p50_ms, self.p99_ms, self.p999_ms, self.max_ms
+        )
+    }
+}
+
+/// The measuring window: from the moment every user had logged in and connected, for
+/// the configured duration.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Window {
+    /// Seconds from the start of the run to the window's opening (the ramp).
+    pub opened_after_s: f64,
+    /// Its length.
+    pub duration_s: f64,
+    /// Fewest sockets open at any moment of the window.
+    pub clients_min: usize,
+    /// Most sockets open at any moment of the window.
+    pub clients_max: usize,
+    /// Commands sent inside the window.
+    pub commands: u64,
+    pub commands_per_s: f64,
+    pub acks_ok: u64,
+    pub acks_err: u64,
+    /// Commands sent inside the window that never got an ack.
+    pub unacked: u64,
+    /// Ack latency of the commands sent inside the window.
+    pub ack: Latency,
+    /// The same, per command type.
+    pub ack_by_type: BTreeMap<String, Latency>,
+    /// Rides whose `ride_completed` arrived inside the window.
+    pub rides_completed: u64,
+    pub rides_per_s: f64,
+    /// Socket reconnects inside the window.
+    pub reconnects: u64,
 }
 
 /// The outcome of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub elapsed_s: f64,
+    /// The measuring window: the headline numbers.
+    pub window: Window,
+    /// Users that logged in and connected during the ramp, of all users.
+    pub logins_ok: u64,
+    pub users: u64,
+    /// One user's login (OTP request, token, driver registration) and first connect up
+    /// to its `session_state`, not counting the wait for a login slot.
+    pub login: Latency,
+    /// Ack latency of the commands sent during the ramp.
+    pub ramp_ack: Latency,
     pub clients_held: usize,
     pub rides_requested: u64,
     pub rides_completed: u64,
@@ -97,11 +186,11 @@ pub struct Report {
     pub commands: u64,
     pub acks_ok: u64,
     pub acks_err: u64,
-    pub ack_p50_ms: f64,
-    pub ack_p99_ms: f64,
     pub pushes_received: u64,
     pub reconnects: u64,
     pub errors: Vec<String>,
+    /// All errors (only the first are kept in `errors`).
+    pub errors_total: u64,
     pub rides_per_s: f64,
     pub commands_per_s: f64,
 }
@@ -109,32 +198,76 @@ pub struct Report {
 impl Report {
     /// A short Markdown table of the run.
     pub fn markdown(&self) -> String {
+        let w = &self.window;
         let mut s = String::from("| metric | value |\n| --- | --- |\n");
         let rows: Vec<(&str, String)> = vec![
-            ("clients held (peak sockets)", self.clients_held.to_string()),
-            ("rides requested", self.rides_requested.to_string()),
-            ("rides completed", self.rides_completed.to_string()),
-            ("rides cancelled", self.rides_cancelled.to_string()),
-            ("rides unmatched", self.rides_unmatched.to_string()),
-            ("rides failed", self.rides_failed.to_string()),
-            ("driver declines", self.declines.to_string()),
             (
-                "payments declined then paid",
+                "ramp: users logged in and connected",
+                format!(
+                    "{} of {} in {:.1} s",
+                    self.logins_ok, self.users, w.opened_after_s
+                ),
+            ),
+            (
+                "ramp: login + connect p50 / p99 / p99.9 / max ms",
+                self.login.cell(),
+            ),
+            (
+                "ramp: ack p50 / p99 / p99.9 / max ms",
+                format!("{} ({} commands)", self.ramp_ack.cell(), self.ramp_ack.count),
+            ),
+            ("window: length s", format!("{:.1}", w.duration_s)),
+            (
+                "window: sockets open (min / max)",
+                format!("{} / {}", w.clients_min, w.clients_max),
+            ),
+            (
+                "window: commands sent (per s)",
+                format!("{} ({:.1}/s)", w.commands, w.commands_per_s),
+            ),
+            (
+                "window: acks ok / err / none",
+                format!("{} / {} / {}", w.acks_ok, w.acks_err, w.unacked),
+            ),
+            ("window: ack p50 / p99 / p99.9 / max ms", w.ack.cell()),
+            (
+                "window: rides completed (per s)",
+                format!("{} ({:.2}/s)", w.rides_completed, w.rides_per_s),
+            ),
+            ("window: reconnects", w.reconnects.to_string()),
+            (
+                "whole run: clients held (peak sockets)",
+                self.clients_held.to_string(),
+            ),
+            ("whole run: rides requested", self.rides_requested.to_string()),
+            ("whole run: rides completed", self.rides_completed.to_string()),
+            ("whole run: rides cancelled", self.rides_cancelled.to_string()),
+            ("whole run: rides unmatched", self.rides_unmatched.to_string()),
+            ("whole run: rides failed", self.rides_failed.to_string()),
+            ("whole run: driver declines", self.declines.to_string()),
+            (
+                "whole run: payments declined then paid",
                 self.payments_declined_then_paid.to_string(),
             ),
-            ("commands", self.commands.to_string()),
-            ("acks ok / err", format!("{} / {}", self.acks_ok, self.acks_err)),
+            ("whole run: commands", self.commands.to_string()),
             (
-                "ack p50 / p99 ms",
-                format!("{:.1} / {:.1}", self.ack_p50_ms, self.ack_p99_ms),
+                "whole run: acks ok / err",
+                format!("{} / {}", self.acks_ok, self.acks_err),
             ),
-            ("pushes received", self.pushes_received.to_string()),
-            ("reconnects", self.reconnects.to_string()),
-            ("rides/s", format!("{:.2}", self.rides_per_s)),
-            ("commands/s", format!("{:.1}", self.commands_per_s)),
+            ("whole run: pushes received", self.pushes_received.to_string()),
+            ("whole run: reconnects", self.reconnects.to_string()),
+            ("whole run: errors", self.errors_total.to_string()),
+            ("whole run: rides/s", format!("{:.2}", self.rides_per_s)),
+            ("whole run: commands/s", format!("{:.1}", self.commands_per_s)),
         ];
         for (k, v) in rows {
             s.push_str(&format!("| {k} | {v} |\n"));
+        }
+        s.push_str(
+            "\n| window: ack by type | commands | p50 / p99 / p99.9 / max ms |\n| --- | --- | --- |\n",
+        );
+        for (kind, latency) in &w.ack_by_type {
+            s.push_str(&format!("| {kind} | {} | {} |\n", latency.count, latency.cell()));
         }
         for e in self.failures.iter().chain(&self.errors) {
             s.push_str(&format!("\n- {e}"));
@@ -145,9 +278,36 @@ impl Report {
 
 const MAX_ERRORS: usize = 20;
 
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    // 1 µs to 10 min, 3 significant digits; the bounds are constants that always hold.
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!())
+}
+
+/// Counters of the measuring window.
+#[derive(Debug, Default)]
+struct WindowStats {
+    clients_min: AtomicUsize,
+    clients_max: AtomicUsize,
+    commands: AtomicU64,
+    acks_ok: AtomicU64,
+    acks_err: AtomicU64,
+    unacked: AtomicU64,
+    completed: AtomicU64,
+    reconnects: AtomicU64,
+}
+
 #[derive(Debug)]
 struct Stats {
     start: Instant,
+    /// The window's length.
+    duration: Duration,
+    users: usize,
+    /// Users whose login and first connect ended (either way).
+    settled: AtomicUsize,
+    logins_ok: AtomicU64,
+    /// When the window opened: the last user settled, or the ramp timed out.
+    opened: OnceLock<Instant>,
+    window: WindowStats,
     clients: AtomicUsize,
     peak: AtomicUsize,
     requested: AtomicU64,
@@ -162,7 +322,15 @@ struct Stats {
     acks_err: AtomicU64,
     pushes: AtomicU64,
     reconnects: AtomicU64,
+    errors_total: AtomicU64,
+    /// Ack latency (µs) of commands sent inside the window.
     hist: Mutex<hdrhistogram::Histogram<u64>>,
+    /// The same per command type.
+    hist_by_type: Mutex<BTreeMap<String, hdrhistogram::Histogram<u64>>>,
+    /// Ack latency (µs) of commands sent during the ramp.
+    hist_ramp: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Login and first connect (µs) per user.
+    hist_login: Mutex<hdrhistogram::Histogram<u64>>,
     failures: Mutex<Vec<String>>,
     errors: Mutex<Vec<String>>,
     ack_log: Option<Mutex<std::fs::File>>,
@@ -172,8 +340,51 @@ struct Stats {
     positions: Mutex<Vec<(f64, f64)>>,
 }
 
+fn record(h: &Mutex<hdrhistogram::Histogram<u64>>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+    let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+    h.saturating_record(micros);
+}
+
 impl Stats {
+    fn new(config: &SimConfig, ack_log: Option<Mutex<std::fs::File>>) -> Self {
+        Self {
+            start: Instant::now(),
+            duration: config.duration,
+            users: config.drivers + config.passengers + config.idle_clients,
+            settled: AtomicUsize::new(0),
+            logins_ok: AtomicU64::new(0),
+            opened: OnceLock::new(),
+            window: WindowStats::default(),
+            clients: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            requested: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            unmatched: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            declines: AtomicU64::new(0),
+            declined_then_paid: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            acks_ok: AtomicU64::new(0),
+            acks_err: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            errors_total: AtomicU64::new(0),
+            hist: Mutex::new(histogram()),
+            hist_by_type: Mutex::new(BTreeMap::new()),
+            hist_ramp: Mutex::new(histogram()),
+            hist_login: Mutex::new(histogram()),
+            failures: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+            ack_log,
+            expected: Mutex::new(HashMap::new()),
+            positions: Mutex::new(Vec::new()),
+        }
+    }
+
     fn error(&self, message: String) {
+        self.errors_total.fetch_add(1, Ordering::Relaxed);
         let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         if e.len() < MAX_ERRORS {
             e.push(message);
@@ -186,13 +397,131 @@ impl Stats {
             f.push(reason);
         }
     }
-    fn quantile(&self, q: f64) -> f64 {
-        let h = self.hist.lock().unwrap_or_else(|p| p.into_inner());
-        h.value_at_quantile(q) as f64 / 1000.0
+
+    /// A user's login and first connect ended; the last one opens the window.
+    fn settle(&self, ok: Option<Duration>) {
+        if let Some(took) = ok {
+            self.logins_ok.fetch_add(1, Ordering::Relaxed);
+            record(&self.hist_login, took);
+        }
+        if self.settled.fetch_add(1, Ordering::AcqRel) + 1 >= self.users {
+            self.open_window();
+        }
     }
+
+    /// Opens the measuring window now (once).
+    fn open_window(&self) {
+        let mut first = false;
+        self.opened.get_or_init(|| {
+            first = true;
+            Instant::now()
+        });
+        if first {
+            let n = self.clients.load(Ordering::Relaxed);
+            self.window.clients_min.store(n, Ordering::Relaxed);
+            self.window.clients_max.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// When the window closes; `None` during the ramp.
+    fn window_end(&self) -> Option<Instant> {
+        self.opened.get().map(|o| *o + self.duration)
+    }
+
+    /// Whether `at` falls inside the window.
+    fn in_window(&self, at: Instant) -> bool {
+        match self.opened.get() {
+            Some(o) => at >= *o && at <= *o + self.duration,
+            None => false,
+        }
+    }
+
+    /// Whether new rides may still start: during the ramp and the window.
+    fn riding(&self) -> bool {
+        self.window_end().is_none_or(|end| Instant::now() < end)
+    }
+
+    /// How long until the window closes (`wait` during the ramp).
+    fn until_end(&self, wait: Duration) -> Duration {
+        self.window_end().map_or(wait, |end| {
+            end.saturating_duration_since(Instant::now()).min(wait)
+        })
+    }
+
+    /// A socket opened.
+    fn socket_opened(&self, reconnect: bool) {
+        let n = self.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(n, Ordering::Relaxed);
+        let now = Instant::now();
+        if reconnect {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.in_window(now) {
+            self.window.clients_max.fetch_max(n, Ordering::Relaxed);
+            if reconnect {
+                self.window.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A socket closed.
+    fn socket_closed(&self) {
+        let n = self.clients.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        if self.in_window(Instant::now()) {
+            self.window.clients_min.fetch_min(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A command of type `kind` sent at `sent` got its ack.
+    fn acked(&self, kind: &str, sent: Instant, ok: bool) {
+        let took = sent.elapsed();
+        if ok {
+            self.acks_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.acks_err.fetch_add(1, Ordering::Relaxed);
+        }
+        let ramp = self.opened.get().is_none_or(|opened| sent < *opened);
+        if self.in_window(sent) {
+            record(&self.hist, took);
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+            self.hist_by_type
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(kind.to_owned())
+                .or_insert_with(histogram)
+                .saturating_record(micros);
+            let n = if ok {
+                &self.window.acks_ok
+            } else {
+                &self.window.acks_err
+            };
+            n.fetch_add(1, Ordering::Relaxed);
+        } else if ramp {
+            record(&self.hist_ramp, took);
+        }
+    }
+
+    /// A command was sent at `at`.
+    fn sent(&self, at: Instant) {
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        if self.in_window(at) {
+            self.window.commands.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn ride_completed(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if self.in_window(Instant::now()) {
+            self.window.completed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
         let elapsed = self.start.elapsed().as_secs_f64();
         let commands = self.commands.load(Ordering::Relaxed);
+        let measuring = self.opened.get().is_some();
+        let h = if measuring { &self.hist } else { &self.hist_ramp };
+        let ack = Latency::of(&h.lock().unwrap_or_else(|p| p.into_inner()));
         Snapshot {
             elapsed_s: elapsed,
             clients: self.clients.load(Ordering::Relaxed),
@@ -200,8 +529,41 @@ impl Stats {
             rides_failed: self.failed.load(Ordering::Relaxed),
             commands,
             commands_per_s: commands as f64 / elapsed.max(0.001),
-            ack_p50_ms: self.quantile(0.5),
-            ack_p99_ms: self.quantile(0.99),
+            measuring,
+            ack_p50_ms: ack.p50_ms,
+            ack_p99_ms: ack.p99_ms,
+        }
+    }
+
+    fn window_report(&self) -> Window {
+        let Some(opened) = self.opened.get() else {
+            return Window::default();
+        };
+        let duration_s = self.duration.as_secs_f64().max(0.001);
+        let w = &self.window;
+        let commands = w.commands.load(Ordering::Relaxed);
+        let completed = w.completed.load(Ordering::Relaxed);
+        Window {
+            opened_after_s: opened.duration_since(self.start).as_secs_f64(),
+            duration_s,
+            clients_min: w.clients_min.load(Ordering::Relaxed),
+            clients_max: w.clients_max.load(Ordering::Relaxed),
+            commands,
+            commands_per_s: commands as f64 / duration_s,
+            acks_ok: w.acks_ok.load(Ordering::Relaxed),
+            acks_err: w.acks_err.load(Ordering::Relaxed),
+            unacked: w.unacked.load(Ordering::Relaxed),
+            ack: Latency::of(&self.hist.lock().unwrap_or_else(|p| p.into_inner())),
+            ack_by_type: self
+                .hist_by_type
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, h)| (k.clone(), Latency::of(h)))
+                .collect(),
+            rides_completed: completed,
+            rides_per_s: completed as f64 / duration_s,
+            reconnects: w.reconnects.load(Ordering::Relaxed),
         }
     }
 }
@@ -217,39 +579,21 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
         )),
         None => None,
     };
-    let stats = Arc::new(Stats {
-        start: Instant::now(),
-        clients: AtomicUsize::new(0),
-        peak: AtomicUsize::new(0),
-        requested: AtomicU64::new(0),
-        completed: AtomicU64::new(0),
-        cancelled: AtomicU64::new(0),
-        unmatched: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        declines: AtomicU64::new(0),
-        declined_then_paid: AtomicU64::new(0),
-        commands: AtomicU64::new(0),
-        acks_ok: AtomicU64::new(0),
-        acks_err: AtomicU64::new(0),
-        pushes: AtomicU64::new(0),
-        reconnects: AtomicU64::new(0),
-        hist: Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)?),
-        failures: Mutex::new(Vec::new()),
-        errors: Mutex::new(Vec::new()),
-        ack_log,
-        expected: Mutex::new(HashMap::new()),
-        positions: Mutex::new(Vec::new()),
-    });
-    let deadline = Instant::now() + config.duration;
+    let stats = Arc::new(Stats::new(&config, ack_log));
     // Per-run MSISDN space so the OTP request limit never bites.
     let run_base: u64 = StdRng::seed_from_u64(config.seed ^ now_nanos()).gen_range(0..9_000_000);
+    let logins = Arc::new(tokio::sync::Semaphore::new(config.login_concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    let total = config.drivers + config.passengers + config.idle_clients;
+    let total = stats.users;
+    if total == 0 {
+        stats.open_window();
+    }
     for i in 0..total {
         let url = config.urls[i % config.urls.len()]
             .trim_end_matches('/')
             .to_owned();
         let stats = stats.clone();
+        let logins = logins.clone();
         let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         let msisdn = format!("0812{:07}", (run_base + i as u64) % 10_000_000);
         let kind = if i < config.drivers {
@@ -260,7 +604,7 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
             Kind::Idle
         };
         tasks.spawn(async move {
-            let result = user(kind, url, msisdn, seed, stats.clone(), deadline).await;
+            let result = user(kind, url, msisdn, seed, stats.clone(), logins).await;
             if let Err(e) = result {
                 stats.error(format!("{kind:?}: {e:#}"));
             }
@@ -279,7 +623,18 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
                     Some(Ok(())) => {}
                 }
             }
-            _ = tick.tick() => progress(&stats.snapshot()),
+            _ = tick.tick() => {
+                if stats.opened.get().is_none() && stats.start.elapsed() >= config.ramp_timeout {
+                    stats.error(format!(
+                        "the ramp did not finish within {:?}: {} of {} users had logged in",
+                        config.ramp_timeout,
+                        stats.logins_ok.load(Ordering::Relaxed),
+                        total
+                    ));
+                    stats.open_window();
+                }
+                progress(&stats.snapshot());
+            }
         }
     }
     progress(&stats.snapshot());
@@ -287,8 +642,15 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
     let completed = stats.completed.load(Ordering::Relaxed);
     let commands = stats.commands.load(Ordering::Relaxed);
     let lock = |m: &Mutex<Vec<String>>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let latency =
+        |m: &Mutex<hdrhistogram::Histogram<u64>>| Latency::of(&m.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(Report {
         elapsed_s: elapsed,
+        window: stats.window_report(),
+        logins_ok: stats.logins_ok.load(Ordering::Relaxed),
+        users: total as u64,
+        login: latency(&stats.hist_login),
+        ramp_ack: latency(&stats.hist_ramp),
         clients_held: stats.peak.load(Ordering::Relaxed),
         rides_requested: stats.requested.load(Ordering::Relaxed),
         rides_completed: completed,
@@ -301,11 +663,10 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
         commands,
         acks_ok: stats.acks_ok.load(Ordering::Relaxed),
         acks_err: stats.acks_err.load(Ordering::Relaxed),
-        ack_p50_ms: stats.quantile(0.5),
-        ack_p99_ms: stats.quantile(0.99),
         pushes_received: stats.pushes.load(Ordering::Relaxed),
         reconnects: stats.reconnects.load(Ordering::Relaxed),
         errors: lock(&stats.errors),
+        errors_total: stats.errors_total.load(Ordering::Relaxed),
         rides_per_s: completed as f64 / elapsed.max(0.001),
         commands_per_s: commands as f64 / elapsed.max(0.001),
     })
@@ -339,6 +700,7 @@ async fn http(
     let mut stream = tokio::net::TcpStream::connect(host)
         .await
         .with_context(|| format!("cannot connect to {host}"))?;
+    stream.set_nodelay(true)?;
     let body = body.to_string();
     let auth = token
         .map(|t| format!("authorization: Bearer {t}\r\n"))
@@ -464,15 +826,16 @@ impl Conn {
             request
                 .headers_mut()
                 .insert("authorization", format!("Bearer {}", self.token).parse()?);
-            match tokio_tungstenite::connect_async(request).await {
+            // Nagle off, like a real app's socket: a frame is one small write. A 4 KiB
+            // read buffer, not tungstenite's 128 KiB zero-filled before every read:
+            // the generator shares the machine with what it measures.
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(4 * 1024);
+            match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
                 Ok((ws, _)) => {
                     self.ws = Some(ws);
                     self.open = true;
-                    let n = self.stats.clients.fetch_add(1, Ordering::Relaxed) + 1;
-                    self.stats.peak.fetch_max(n, Ordering::Relaxed);
-                    if counted {
-                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.stats.socket_opened(counted);
                     // The server's first frame is `session_state`: queue it for the
                     // ride logic and tell a waiting command to resend.
                     if let Some(ws) = self.ws.as_mut() {
@@ -497,7 +860,7 @@ impl Conn {
     fn close_counted(&mut self) {
         if self.open {
             self.open = false;
-            self.stats.clients.fetch_sub(1, Ordering::Relaxed);
+            self.stats.socket_closed();
         }
         self.ws = None;
     }
@@ -533,8 +896,8 @@ impl Conn {
         self.next_id += 1;
         let id = format!("{}-{}", self.next_id, now_nanos() % 1_000_000_007);
         let frame = json!({"type": kind, "id": id, "data": data}).to_string();
-        self.stats.commands.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
+        self.stats.sent(started);
         for _ in 0..10 {
             if self.ws.is_none() {
                 self.reconnect(true).await?;
@@ -556,15 +919,10 @@ impl Conn {
                 }
                 let Some(frame) = frame else { continue };
                 if frame["type"] == "ack" && frame["id"] == id.as_str() {
-                    let micros = started.elapsed().as_micros() as u64;
-                    if let Ok(mut h) = self.stats.hist.lock() {
-                        let _ = h.record(micros.max(1));
-                    }
-                    if frame["ok"] == true {
-                        self.stats.acks_ok.fetch_add(1, Ordering::Relaxed);
+                    let ok = frame["ok"] == true;
+                    self.stats.acked(kind, started, ok);
+                    if ok {
                         self.log_ack(&id, kind, &frame);
-                    } else {
-                        self.stats.acks_err.fetch_add(1, Ordering::Relaxed);
                     }
                     return Ok(frame);
                 }
@@ -575,6 +933,9 @@ impl Conn {
                 self.stats.pushes.fetch_add(1, Ordering::Relaxed);
                 self.pushes.push_back(frame);
             }
+        }
+        if self.stats.in_window(started) {
+            self.stats.window.unacked.fetch_add(1, Ordering::Relaxed);
         }
         bail!("no ack for {kind} {id}")
     }
@@ -706,23 +1067,37 @@ async fn user(
     msisdn: String,
     seed: u64,
     stats: Arc<Stats>,
-    deadline: Instant,
+    logins: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     tokio::time::sleep(Duration::from_millis(rng.gen_range(0..500))).await;
+    // Logs in and opens the socket with a login slot held; settles the user either way.
+    let connect = |plate: Option<String>| {
+        let (url, msisdn, stats) = (url.clone(), msisdn.clone(), stats.clone());
+        let logins = logins.clone();
+        async move {
+            let permit = logins.acquire_owned().await?;
+            let began = Instant::now();
+            let connected = async {
+                let token = login(&url, &msisdn, plate.as_deref()).await?;
+                Conn::connect(&url, token, stats.clone()).await
+            }
+            .await;
+            drop(permit);
+            stats.settle(connected.as_ref().ok().map(|_| began.elapsed()));
+            connected
+        }
+    };
     match kind {
         Kind::Idle => {
-            let token = login(&url, &msisdn, None).await?;
-            let mut conn = Conn::connect(&url, token, stats).await?;
-            while Instant::now() < deadline {
+            let mut conn = connect(None).await?;
+            while stats.riding() {
                 if let Some(ws) = conn.ws.as_mut() {
                     if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
                         conn.close_counted();
                     }
                 }
-                let _ = conn
-                    .read(Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now())))
-                    .await?;
+                let _ = conn.read(stats.until_end(Duration::from_secs(10))).await?;
                 conn.pushes.clear();
             }
             Ok(())
@@ -743,21 +1118,19 @@ async fn user(
                 .map(|d| char::from(b'A' + d))
                 .collect();
             let plate = format!("B 1{digits} {letters}");
-            let token = login(&url, &msisdn, Some(&plate)).await?;
-            let conn = Conn::connect(&url, token, stats.clone()).await?;
-            driver(conn, rng, stats, deadline).await
+            let conn = connect(Some(plate)).await?;
+            driver(conn, rng, stats).await
         }
         Kind::Passenger => {
             // Give drivers time to come online.
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let token = login(&url, &msisdn, None).await?;
-            let conn = Conn::connect(&url, token, stats.clone()).await?;
-            passenger(conn, rng, stats, deadline).await
+            let conn = connect(None).await?;
+            passenger(conn, rng, stats).await
         }
     }
 }
 
-async fn driver(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>, deadline: Instant) -> anyhow::Result<()> {
+async fn driver(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>) -> anyhow::Result<()> {
     let mut pos = (rng.gen_range(LAT_MIN..LAT_MAX), rng.gen_range(LON_MIN..LON_MAX));
     let slot = {
         let mut p = stats.positions.lock().unwrap_or_else(|e| e.into_inner());
@@ -765,12 +1138,16 @@ async fn driver(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>, deadline: In
         p.len() - 1
     };
     let mut heading = rng.gen_range(0..4u8);
-    // Drive on until well after the deadline so rides in flight finish.
-    let stop = deadline + Duration::from_secs(90);
+    // Drive on until well after the window so rides in flight finish.
     let mut last_ride = Instant::now();
-    while Instant::now() < stop {
-        if Instant::now() > deadline && last_ride.elapsed() > Duration::from_secs(30) {
-            break;
+    loop {
+        if let Some(end) = stats.window_end() {
+            let now = Instant::now();
+            if now > end + Duration::from_secs(90)
+                || (now > end && last_ride.elapsed() > Duration::from_secs(30))
+            {
+                break;
+            }
         }
         if rng.gen_bool(0.2) {
             heading = rng.gen_range(0..4);
@@ -815,21 +1192,20 @@ async fn driver(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>, deadline: In
         while Instant::now() < end {
             let Some(f) = conn
                 .wait_for(
-                    &[
-                        "ride_pickup",
-                        "match_failed",
-                        "match_expired",
-                        "match_withdrawn",
-                        "ride_cancelled",
-                    ],
+                    &["ride_pickup", "match_failed", "match_expired", "match_withdrawn"],
                     Duration::from_secs(5),
                 )
                 .await?
             else {
                 continue;
             };
+            // Only pushes about this match count: one about an earlier match (a
+            // proposal that expired after this driver declined it) is stale, and
+            // leaving on it abandoned the ride, which stayed PENDING while its
+            // passenger waited for a bill (1 ride in ~1,500 of a 10k run).
+            let this_match = f["data"]["match_id"] == match_id;
             match f["type"].as_str().unwrap_or_default() {
-                "ride_pickup" => {
+                "ride_pickup" if this_match => {
                     ride_id = f["data"]["ride_id"].clone();
                     break;
                 }
@@ -842,8 +1218,8 @@ async fn driver(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>, deadline: In
                         break;
                     }
                 }
-                "match_withdrawn" if f["data"]["match_id"] != match_id => {}
-                _ => break,
+                "match_failed" | "match_expired" | "match_withdrawn" if this_match => break,
+                _ => {}
             }
         }
         if ride_id.is_null() {
@@ -935,13 +1311,8 @@ fn grid_step(pos: (f64, f64), heading: u8, step: f64) -> (f64, f64) {
     (lat, lon)
 }
 
-async fn passenger(
-    mut conn: Conn,
-    mut rng: StdRng,
-    stats: Arc<Stats>,
-    deadline: Instant,
-) -> anyhow::Result<()> {
-    while Instant::now() < deadline {
+async fn passenger(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>) -> anyhow::Result<()> {
+    while stats.riding() {
         let near = {
             let p = stats.positions.lock().unwrap_or_else(|e| e.into_inner());
             if p.is_empty() {
@@ -958,10 +1329,16 @@ async fn passenger(
             near.0 + rng.gen_range(-0.003..0.003),
             near.1 + rng.gen_range(-0.003..0.003),
         );
-        let dest = (
-            (pickup.0 + rng.gen_range(-0.03..0.03)).clamp(LAT_MIN, LAT_MAX),
-            (pickup.1 + rng.gen_range(-0.03..0.03)).clamp(LON_MIN, LON_MAX),
-        );
+        // A destination the service accepts: at least 100 m from the pickup.
+        let dest = loop {
+            let dest = (
+                (pickup.0 + rng.gen_range(-0.03..0.03)).clamp(LAT_MIN, LAT_MAX),
+                (pickup.1 + rng.gen_range(-0.03..0.03)).clamp(LON_MIN, LON_MAX),
+            );
+            if haversine_km(pickup, dest) >= 0.2 {
+                break dest;
+            }
+        };
         if let Err(e) = one_ride(&mut conn, &mut rng, &stats, pickup, dest).await {
             stats.fail(format!("passenger {}: {e:#}", conn.user_id));
         }
@@ -1125,7 +1502,7 @@ async fn one_ride(
     {
         bail!("no ride_completed for {ride_id} within 30 s");
     }
-    stats.completed.fetch_add(1, Ordering::Relaxed);
+    stats.ride_completed();
     Ok(())
 }
 

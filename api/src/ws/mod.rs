@@ -30,6 +30,13 @@ pub struct TokenQuery {
 /// before it gives up itself: between the two, the session closes with 1009.
 const TRANSPORT_SLACK: usize = 16;
 
+/// Each socket's read buffer. tungstenite's default (128 KiB) is allocated per socket
+/// and zero-filled before *every* read: with 10,000 sockets that is 1.3 GB and, in a
+/// profile of a 10k-client load run, the largest single cost of the edge (`memset`).
+/// Frames are small (acks, pings, commands well under 4 KiB); a larger frame still
+/// reads, in several reads (`docs/load-10k.md`).
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// `GET /ws`: 401 for a missing, bad or expired token (checked before anything else,
 /// so even a request that is no upgrade at all learns it needs a token first);
 /// otherwise the upgrade.
@@ -55,6 +62,7 @@ pub async fn upgrade(
     let max = state.config().max_frame_bytes;
     ws.max_message_size(max.saturating_mul(TRANSPORT_SLACK))
         .max_frame_size(max.saturating_mul(TRANSPORT_SLACK))
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("ws", user_id = %actor.user_id, role = %actor.role);
             async move {
