@@ -284,6 +284,29 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// After an array element or object member: a `,` (copied; more follow: false)
+    /// or the `close` bracket (consumed, not written: true).
+    fn after_member(
+        &mut self,
+        out: &mut Vec<u8>,
+        close: u8,
+        what: &'static str,
+    ) -> Result<bool, CanonicalError> {
+        self.skip_ws();
+        match self.bytes.get(self.at) {
+            Some(b',') => {
+                self.at += 1;
+                out.push(b',');
+                Ok(false)
+            }
+            Some(b) if *b == close => {
+                self.at += 1;
+                Ok(true)
+            }
+            _ => Err(self.error(what)),
+        }
+    }
+
     fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
         if depth > MAX_DEPTH {
             return Err(self.error("nesting deeper than 128"));
@@ -298,18 +321,9 @@ impl<'a> Reader<'a> {
         }
         loop {
             self.value(out, depth)?;
-            self.skip_ws();
-            match self.bytes.get(self.at) {
-                Some(b',') => {
-                    self.at += 1;
-                    out.push(b',');
-                }
-                Some(b']') => {
-                    self.at += 1;
-                    out.push(b']');
-                    return Ok(());
-                }
-                _ => return Err(self.error("',' or ']'")),
+            if self.after_member(out, b']', "',' or ']'")? {
+                out.push(b']');
+                return Ok(());
             }
         }
     }
@@ -352,17 +366,8 @@ impl<'a> Reader<'a> {
                 self.expect(b':', "':'")?;
                 self.value(out, depth)?;
                 self.members.push((key, member..out.len()));
-                self.skip_ws();
-                match self.bytes.get(self.at) {
-                    Some(b',') => {
-                        self.at += 1;
-                        out.push(b',');
-                    }
-                    Some(b'}') => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return Err(self.error("',' or '}'")),
+                if self.after_member(out, b'}', "',' or '}'")? {
+                    break;
                 }
             }
         }

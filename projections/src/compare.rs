@@ -23,7 +23,7 @@ use futures::TryStreamExt;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::copy_text::{LEDGER_COLUMNS, PAYMENTS_COLUMNS, RIDES_COLUMNS, SESSION_SETTINGS};
+use crate::copy_text::{CopyRow, SESSION_SETTINGS};
 use crate::rows::{diff, read_live, RideFold, RowDiff};
 
 /// A folded row as the first pass knows it: its ride and its line's digest.
@@ -42,7 +42,31 @@ struct Table<'a> {
     hasher: &'a RandomState,
 }
 
-impl Table<'_> {
+impl<'a> Table<'a> {
+    /// The first pass over `T`'s table: each of `rows` digested by its key.
+    fn new<'r, T: CopyRow + 'r>(rows: impl Iterator<Item = &'r T>, hasher: &'a RandomState) -> Self {
+        let mut expected = HashMap::with_capacity(rows.size_hint().1.unwrap_or(0));
+        let mut line = String::with_capacity(512);
+        for row in rows {
+            line.clear();
+            row.write_copy(&mut line);
+            expected.insert(
+                row.key(),
+                Expect {
+                    ride: row.ride(),
+                    digest: hasher.hash_one(line.as_bytes()),
+                },
+            );
+        }
+        Table {
+            name: T::TABLE,
+            columns: T::COLUMNS,
+            ride_field: T::RIDE_FIELD,
+            expected,
+            hasher,
+        }
+    }
+
     /// Checks one live line (with its newline) against the folded row of its key;
     /// adds the ride to `suspects` unless the two are the same bytes.
     fn check(&mut self, line: &[u8], suspects: &mut HashSet<Uuid>, unreadable: &mut Vec<RowDiff>) {
@@ -126,29 +150,6 @@ impl Table<'_> {
     }
 }
 
-fn expected<'r, T: 'r>(
-    rows: impl Iterator<Item = &'r T>,
-    key: impl Fn(&T) -> (Uuid, Uuid),
-    render: impl Fn(&T, &mut String),
-    hasher: &RandomState,
-) -> HashMap<Uuid, Expect> {
-    let mut map = HashMap::with_capacity(rows.size_hint().1.unwrap_or(0));
-    let mut line = String::with_capacity(512);
-    for row in rows {
-        line.clear();
-        render(row, &mut line);
-        let (k, ride) = key(row);
-        map.insert(
-            k,
-            Expect {
-                ride,
-                digest: hasher.hash_one(line.as_bytes()),
-            },
-        );
-    }
-    map
-}
-
 /// What [`compare_live`] found.
 #[derive(Debug, Default, PartialEq)]
 pub struct Comparison {
@@ -171,42 +172,9 @@ pub async fn compare_live(
     let wanted: Option<HashSet<Uuid>> = only.map(|ids| ids.iter().copied().collect());
     let wanted = |ride: &Uuid| wanted.as_ref().is_none_or(|w| w.contains(ride));
     let mut tables = [
-        Table {
-            name: "rides",
-            columns: RIDES_COLUMNS,
-            ride_field: 0,
-            expected: expected(
-                folded.rides.values().filter(|r| wanted(&r.ride_id)),
-                |r| (r.ride_id, r.ride_id),
-                |r, out| r.write_copy(out),
-                &hasher,
-            ),
-            hasher: &hasher,
-        },
-        Table {
-            name: "billing_ledger",
-            columns: LEDGER_COLUMNS,
-            ride_field: 1,
-            expected: expected(
-                folded.ledger.iter().filter(|r| wanted(&r.ride_id)),
-                |r| (r.entry_id, r.ride_id),
-                |r, out| r.write_copy(out),
-                &hasher,
-            ),
-            hasher: &hasher,
-        },
-        Table {
-            name: "payments",
-            columns: PAYMENTS_COLUMNS,
-            ride_field: 1,
-            expected: expected(
-                folded.payments.values().filter(|r| wanted(&r.ride_id)),
-                |r| (r.payment_id, r.ride_id),
-                |r, out| r.write_copy(out),
-                &hasher,
-            ),
-            hasher: &hasher,
-        },
+        Table::new(folded.rides.values().filter(|r| wanted(&r.ride_id)), &hasher),
+        Table::new(folded.ledger.iter().filter(|r| wanted(&r.ride_id)), &hasher),
+        Table::new(folded.payments.values().filter(|r| wanted(&r.ride_id)), &hasher),
     ];
     // Our own uuids, printed by us: nothing in the literal comes from outside.
     let filter = match only {

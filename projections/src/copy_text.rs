@@ -23,18 +23,26 @@ pub const SESSION_SETTINGS: &[&str] = &[
     "SET LOCAL bytea_output = 'hex'",
 ];
 
-/// `rides` columns in rendering order.
-pub const RIDES_COLUMNS: &str =
-    "ride_id, match_id, driver_id, passenger_id, status, pickup_lat, pickup_lon, \
-     destination_lat, destination_lon, distance_km, fare, adjusted_fare, admin_fee, driver_payout, \
-     adjustment_factor, created_at, started_at, arrived_at, completed_at, cancelled_at, cancelled_by, \
-     cancel_reason, last_sequence, last_hash, updated_position";
-/// `billing_ledger` columns in rendering order.
-pub const LEDGER_COLUMNS: &str = "entry_id, ride_id, kind, distance_km, cost, position, recorded_at";
-/// `payments` columns in rendering order.
-pub const PAYMENTS_COLUMNS: &str =
-    "payment_id, ride_id, adjusted_cost, admin_fee, driver_payout, status, attempts, \
-     provider_ref, created_at, updated_at";
+/// A row of one of the rides read models, as a COPY text line.
+pub trait CopyRow {
+    /// Its table.
+    const TABLE: &'static str;
+    /// Its columns, in [`CopyRow::write_copy`] order.
+    const COLUMNS: &'static str;
+    /// The field (0-based) of the line that holds the row's ride id.
+    const RIDE_FIELD: usize;
+    /// The row's primary key.
+    fn key(&self) -> Uuid;
+    /// The ride it belongs to.
+    fn ride(&self) -> Uuid;
+    /// Appends the row as a COPY text line in [`CopyRow::COLUMNS`] order.
+    fn write_copy(&self, out: &mut String);
+}
+
+/// `COPY <table> (<columns>) FROM STDIN` for rows of `T`.
+pub fn copy_in_statement<T: CopyRow>() -> String {
+    format!("COPY {} ({}) FROM STDIN", T::TABLE, T::COLUMNS)
+}
 
 /// Appends one row's fields, tab-separated; [`Line::end`] closes it.
 #[derive(Debug)]
@@ -131,16 +139,16 @@ impl<'a> Line<'a> {
         // PostgreSQL keeps microseconds; finer digits are shown so that they differ.
         let nanos = t.nanosecond();
         if nanos != 0 {
-            let mut digits = if nanos.is_multiple_of(1000) {
-                format!("{:06}", nanos / 1000)
+            let (mut digits, mut width) = if nanos.is_multiple_of(1000) {
+                (nanos / 1000, 6)
             } else {
-                format!("{nanos:09}")
+                (nanos, 9)
             };
-            while digits.ends_with('0') {
-                digits.pop();
+            while digits.is_multiple_of(10) {
+                digits /= 10;
+                width -= 1;
             }
-            out.push('.');
-            out.push_str(&digits);
+            let _ = write!(out, ".{digits:0width$}");
         }
         out.push_str("+00");
         self
@@ -172,9 +180,24 @@ impl<'a> Line<'a> {
     }
 }
 
-impl RideRow {
-    /// Appends the row as a COPY text line in [`RIDES_COLUMNS`] order.
-    pub fn write_copy(&self, out: &mut String) {
+impl CopyRow for RideRow {
+    const TABLE: &'static str = "rides";
+    const COLUMNS: &'static str =
+        "ride_id, match_id, driver_id, passenger_id, status, pickup_lat, pickup_lon, \
+         destination_lat, destination_lon, distance_km, fare, adjusted_fare, admin_fee, driver_payout, \
+         adjustment_factor, created_at, started_at, arrived_at, completed_at, cancelled_at, cancelled_by, \
+         cancel_reason, last_sequence, last_hash, updated_position";
+    const RIDE_FIELD: usize = 0;
+
+    fn key(&self) -> Uuid {
+        self.ride_id
+    }
+
+    fn ride(&self) -> Uuid {
+        self.ride_id
+    }
+
+    fn write_copy(&self, out: &mut String) {
         let mut l = Line::new(out);
         l.uuid(self.ride_id)
             .uuid(self.match_id)
@@ -205,9 +228,20 @@ impl RideRow {
     }
 }
 
-impl LedgerRow {
-    /// Appends the row as a COPY text line in [`LEDGER_COLUMNS`] order.
-    pub fn write_copy(&self, out: &mut String) {
+impl CopyRow for LedgerRow {
+    const TABLE: &'static str = "billing_ledger";
+    const COLUMNS: &'static str = "entry_id, ride_id, kind, distance_km, cost, position, recorded_at";
+    const RIDE_FIELD: usize = 1;
+
+    fn key(&self) -> Uuid {
+        self.entry_id
+    }
+
+    fn ride(&self) -> Uuid {
+        self.ride_id
+    }
+
+    fn write_copy(&self, out: &mut String) {
         Line::new(out)
             .uuid(self.entry_id)
             .uuid(self.ride_id)
@@ -220,9 +254,21 @@ impl LedgerRow {
     }
 }
 
-impl PaymentRow {
-    /// Appends the row as a COPY text line in [`PAYMENTS_COLUMNS`] order.
-    pub fn write_copy(&self, out: &mut String) {
+impl CopyRow for PaymentRow {
+    const TABLE: &'static str = "payments";
+    const COLUMNS: &'static str = "payment_id, ride_id, adjusted_cost, admin_fee, driver_payout, status, \
+         attempts, provider_ref, created_at, updated_at";
+    const RIDE_FIELD: usize = 1;
+
+    fn key(&self) -> Uuid {
+        self.payment_id
+    }
+
+    fn ride(&self) -> Uuid {
+        self.ride_id
+    }
+
+    fn write_copy(&self, out: &mut String) {
         Line::new(out)
             .uuid(self.payment_id)
             .uuid(self.ride_id)

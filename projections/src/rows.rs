@@ -18,7 +18,7 @@ use domain::ride::{CancelledBy, RideEvent};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::copy_text::{PAYMENTS_COLUMNS, RIDES_COLUMNS};
+use crate::copy_text::{copy_in_statement, CopyRow};
 use crate::runtime::ProjectionError;
 
 /// One row of `rides`.
@@ -403,10 +403,6 @@ async fn fold_rides_streaming(
     Ok(fold)
 }
 
-/// `COPY billing_ledger (<LEDGER_COLUMNS>) FROM STDIN` (a test keeps the two equal).
-const LEDGER_COPY: &str =
-    "COPY billing_ledger (entry_id, ride_id, kind, distance_km, cost, position, recorded_at) FROM STDIN";
-
 /// Fills `schema`'s (empty) `rides`, `billing_ledger` and `payments` with every ride
 /// event up to `up_to`, in bulk: the events are folded in memory while a second
 /// connection COPYs the ledger rows as they are booked (they never change), then the
@@ -422,7 +418,7 @@ pub async fn bulk_fill(
     let ledger = tokio::spawn(async move {
         let mut tx = ledger_pool.begin().await?;
         crate::runtime::use_schema(&mut tx, &ledger_schema).await?;
-        let mut sink = tx.copy_in_raw(LEDGER_COPY).await?;
+        let mut sink = tx.copy_in_raw(&copy_in_statement::<LedgerRow>()).await?;
         while let Some(chunk) = recv.recv().await {
             if !chunk.is_empty() {
                 sink.send(chunk.into_bytes()).await?;
@@ -630,33 +626,28 @@ async fn copy(tx: &mut Transaction<'_, Postgres>, statement: &str, data: String)
 const COPY_CHUNK: usize = 20_000;
 
 /// COPYs the fold into the tables `search_path` resolves. Returns the rows written.
-/// Each row is the line [`crate::copy_text`] renders: the bytes `verify` expects the
+/// Each row is the line [`CopyRow::write_copy`] renders: the bytes `verify` expects the
 /// live tables to print back.
 pub async fn copy_rows(tx: &mut Transaction<'_, Postgres>, fold: &RideFold) -> Result<u64, sqlx::Error> {
+    Ok(copy_all(tx, fold.rides.values()).await?
+        + copy_all(tx, fold.ledger.iter()).await?
+        + copy_all(tx, fold.payments.values()).await?)
+}
+
+/// COPYs `rows` into their table, a few thousand at a time.
+async fn copy_all<'r, T: CopyRow + 'r>(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: impl Iterator<Item = &'r T>,
+) -> Result<u64, sqlx::Error> {
+    let rows: Vec<&T> = rows.collect();
+    let statement = copy_in_statement::<T>();
     let mut written = 0;
-    let rides: Vec<&RideRow> = fold.rides.values().collect();
-    for chunk in rides.chunks(COPY_CHUNK) {
-        let mut data = String::with_capacity(chunk.len() * 400);
-        for r in chunk {
-            r.write_copy(&mut data);
+    for chunk in rows.chunks(COPY_CHUNK) {
+        let mut data = String::with_capacity(chunk.len() * 256);
+        for row in chunk {
+            row.write_copy(&mut data);
         }
-        written += copy(tx, &format!("COPY rides ({RIDES_COLUMNS}) FROM STDIN"), data).await?;
-    }
-    for chunk in fold.ledger.chunks(COPY_CHUNK) {
-        written += copy(tx, LEDGER_COPY, ledger_text(chunk)).await?;
-    }
-    let payments: Vec<&PaymentRow> = fold.payments.values().collect();
-    for chunk in payments.chunks(COPY_CHUNK) {
-        let mut data = String::with_capacity(chunk.len() * 200);
-        for p in chunk {
-            p.write_copy(&mut data);
-        }
-        written += copy(
-            tx,
-            &format!("COPY payments ({PAYMENTS_COLUMNS}) FROM STDIN"),
-            data,
-        )
-        .await?;
+        written += copy(tx, &statement, data).await?;
     }
     Ok(written)
 }
@@ -676,11 +667,8 @@ mod tests {
     fn hex_and_the_ledger_copy_statement() {
         assert_eq!(hex(&[0, 255]), "\\x00ff");
         assert_eq!(
-            LEDGER_COPY,
-            format!(
-                "COPY billing_ledger ({}) FROM STDIN",
-                crate::copy_text::LEDGER_COLUMNS
-            )
+            copy_in_statement::<LedgerRow>(),
+            "COPY billing_ledger (entry_id, ride_id, kind, distance_km, cost, position, recorded_at) FROM STDIN"
         );
     }
 }

@@ -97,8 +97,9 @@ impl Batch {
         }
     }
 
-    /// Appends a row of the verify query, columns taken by position.
-    fn push(&mut self, row: &sqlx::postgres::PgRow) -> Result<(), sqlx::Error> {
+    /// Appends a row of the verify query (its aggregate id already read), columns
+    /// taken by position.
+    fn push(&mut self, row: &sqlx::postgres::PgRow, aggregate_id: Uuid) -> Result<(), sqlx::Error> {
         use sqlx::Row as _;
         let text_start = self.text.len();
         let mut text_ends = [0; 4];
@@ -110,7 +111,7 @@ impl Batch {
         self.bytes.extend_from_slice(row.try_get::<&[u8], _>(9)?);
         self.rows.push(Packed {
             position: row.try_get(0)?,
-            aggregate_id: row.try_get(2)?,
+            aggregate_id,
             sequence: row.try_get(3)?,
             event_version: row.try_get(5)?,
             recorded_at: row.try_get(8)?,
@@ -297,7 +298,7 @@ pub async fn verify(
         while let Some(row) = rows.try_next().await? {
             let aggregate: Uuid = sqlx::Row::try_get(&row, 2)?;
             let (outbox, batch) = &mut outboxes[(aggregate.as_u128() % CHECKERS as u128) as usize];
-            batch.push(&row)?;
+            batch.push(&row, aggregate)?;
             read += 1;
             if batch.len() == BATCH
                 && outbox
