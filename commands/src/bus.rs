@@ -144,7 +144,8 @@ impl CommandBus {
                 self.on_match(match_id.as_uuid(), env, cmd).await
             }
             ClientCommand::RideStart { ride_id } => {
-                let ride = self.inner.rides.load(ride_id.as_uuid()).await?;
+                // Who the passenger is never changes: the cached ride is enough.
+                let ride = self.inner.rides.cached(ride_id.as_uuid()).await?;
                 let driver_position = self.inner.positions.last(actor.user_id).await;
                 let passenger_position = match ride.state.passenger_id() {
                     Some(passenger) => self.inner.positions.last(passenger).await,
@@ -196,7 +197,15 @@ impl CommandBus {
                         None => (self.open_aggregate(actor, "ride").await?, false),
                     };
                     if let Some(ride_id) = ride {
-                        let loaded = self.inner.rides.load(ride_id).await?;
+                        // A cached ride in progress is enough to choose the command (a
+                        // stale one conflicts at the append and is decided again); any
+                        // other answer is checked against the store.
+                        let mut loaded = self.inner.rides.cached(ride_id).await?;
+                        if !(domain::Aggregate::exists(&loaded.state)
+                            && (named || loaded.state.status() == "IN_PROGRESS"))
+                        {
+                            loaded = self.inner.rides.load(ride_id).await?;
+                        }
                         if named && !domain::Aggregate::exists(&loaded.state) {
                             return self
                                 .refuse_logged(env, DomainError::not_found(format!("no ride {ride_id}")))
@@ -236,8 +245,11 @@ impl CommandBus {
     }
 
     async fn on_match(&self, id: Uuid, env: &Envelope, cmd: MatchCommand) -> Result<Ack, PipelineError> {
-        let loaded = self.inner.matches.load(id).await?;
-        if !domain::Aggregate::exists(&loaded.state) {
+        // An aggregate that exists never stops existing: the cache answers that, the
+        // store is read only to confirm a "no".
+        if !domain::Aggregate::exists(&self.inner.matches.cached(id).await?.state)
+            && !domain::Aggregate::exists(&self.inner.matches.load(id).await?.state)
+        {
             return self
                 .refuse_logged(env, DomainError::not_found(format!("no match {id}")))
                 .await;
@@ -247,8 +259,9 @@ impl CommandBus {
 
     async fn on_ride(&self, ride_id: RideId, env: &Envelope, cmd: RideCommand) -> Result<Ack, PipelineError> {
         let id = ride_id.as_uuid();
-        let loaded = self.inner.rides.load(id).await?;
-        if !domain::Aggregate::exists(&loaded.state) {
+        if !domain::Aggregate::exists(&self.inner.rides.cached(id).await?.state)
+            && !domain::Aggregate::exists(&self.inner.rides.load(id).await?.state)
+        {
             return self
                 .refuse_logged(env, DomainError::not_found(format!("no ride {id}")))
                 .await;

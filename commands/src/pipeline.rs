@@ -189,6 +189,23 @@ impl<A: Aggregate> Handler<A> {
         Ok(loaded)
     }
 
+    /// The aggregate as this process last saw it: from the cache without reading the
+    /// store when it is there, else read. It may be behind another process's latest
+    /// writes, so use it for what cannot be undone (the aggregate exists, who takes
+    /// part in it) or to choose a command that [`execute`](Self::execute) then decides
+    /// on checked state; use [`load`](Self::load) when a negative answer matters.
+    pub async fn cached(&self, id: Uuid) -> Result<Loaded<A>, PipelineError> {
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        if let Some(loaded) = guard.as_ref() {
+            return Ok(loaded.clone());
+        }
+        let mut loaded = Loaded::default();
+        catch_up(&self.store, id, &mut loaded).await?;
+        *guard = Some(loaded.clone());
+        Ok(loaded)
+    }
+
     /// Handles one command: decide against the current state, append, retry on
     /// conflict. An accepted command is answered `{aggregate_id, version, status}`.
     pub async fn execute(
@@ -222,18 +239,26 @@ impl<A: Aggregate> Handler<A> {
             let started = std::time::Instant::now();
             let slot = self.slot(id);
             let mut guard = slot.lock().await;
-            let mut loaded = match guard.take() {
-                Some(loaded) => loaded,
+            // `fresh`: read from the store during this call. A cached state may be behind
+            // another process's writes; the append's version check catches that for a
+            // decision with events, not for a refusal or a no-op, so those are decided
+            // again on a fresh read before they are answered.
+            let (mut loaded, mut fresh) = match guard.take() {
+                Some(loaded) => (loaded, false),
                 None => {
-                    let mut fresh = Loaded::default();
-                    catch_up(&self.store, id, &mut fresh).await?;
-                    fresh
+                    let mut loaded = Loaded::default();
+                    catch_up(&self.store, id, &mut loaded).await?;
+                    (loaded, true)
                 }
             };
             let mut result = None;
             for attempt in 1..=MAX_ATTEMPTS {
                 let now = self.clock.now();
                 let mut decision = self.decide(&loaded, command, now);
+                if decision.events.is_empty() && !fresh {
+                    catch_up(&self.store, id, &mut loaded).await?;
+                    decision = self.decide(&loaded, command, now);
+                }
                 let request = self.request(id, env, &loaded, &mut decision, respond, now);
                 let Some(request) = request else {
                     // Refused, nothing to log: answer without touching the store.
@@ -242,32 +267,20 @@ impl<A: Aggregate> Handler<A> {
                     })));
                     break;
                 };
-                let written = if request.events.is_empty() && request.command_key.is_none() {
-                    // Accepted without effect (a jitter point) and nothing to remember.
-                    Ok(AppendOutcome::Written {
-                        first_position: 0,
-                        last_position: 0,
-                    })
-                } else {
-                    self.store.append(request).await
-                };
-                match written {
+                if request.events.is_empty() {
+                    // Nothing to append, at most an answer to log: the state stays as it
+                    // is, so the aggregate is let go before that commit and concurrent
+                    // refusals (five drivers answering one proposal) commit together.
+                    *guard = Some(loaded);
+                    drop(guard);
+                    let outcome = self.log_only(id, &slot, request, decision).await?;
+                    return Ok(record(started, outcome));
+                }
+                match self.store.append(request).await {
                     Ok(AppendOutcome::Written { .. }) => {
-                        result = Some(match decision.refusal {
-                            Some(refusal) => Outcome::Refused(refusal),
-                            None => {
-                                let out = Outcome::Accepted {
-                                    state: decision.after.state.clone(),
-                                    version: decision.after.version,
-                                    events: decision.events,
-                                    answer: decision
-                                        .answer
-                                        .unwrap_or_else(|| standard_result(id, &decision.after)),
-                                };
-                                loaded = decision.after;
-                                out
-                            }
-                        });
+                        let (outcome, after) = accepted(id, decision);
+                        result = Some(outcome);
+                        loaded = after;
                         break;
                     }
                     Ok(AppendOutcome::Duplicate(response)) => {
@@ -277,10 +290,7 @@ impl<A: Aggregate> Handler<A> {
                         break;
                     }
                     Ok(AppendOutcome::AlreadyActive { user_id, .. }) => {
-                        result = Some(Outcome::Refused(DomainError::new(
-                            ErrorCode::AlreadyActive,
-                            format!("user {user_id} is already in an open match or ride"),
-                        )));
+                        result = Some(Outcome::Refused(already_active(user_id)));
                         break;
                     }
                     Ok(AppendOutcome::Conflict { actual_version }) => {
@@ -288,6 +298,7 @@ impl<A: Aggregate> Handler<A> {
                             .increment(1);
                         tracing::debug!(attempt, actual_version, "conflict; catching up");
                         catch_up(&self.store, id, &mut loaded).await?;
+                        fresh = true;
                         if attempt < MAX_ATTEMPTS {
                             let jitter = rand::random::<u64>() % (attempt as u64 * 2 + 1);
                             tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
@@ -301,23 +312,50 @@ impl<A: Aggregate> Handler<A> {
                 }
             }
             *guard = Some(loaded);
-            let outcome = result.unwrap_or_else(|| {
-                Outcome::Refused(DomainError::new(
-                    ErrorCode::Conflict,
-                    format!("{} kept changing concurrently; try again", A::TYPE),
-                ))
-            });
-            let label = match &outcome {
-                Outcome::Accepted { .. } => "accepted",
-                Outcome::Refused(_) => "refused",
-                Outcome::Duplicate(_) => "duplicate",
-            };
-            metrics::histogram!("nebengjek_command_seconds", "aggregate" => A::TYPE, "outcome" => label)
-                .record(started.elapsed().as_secs_f64());
-            Ok(outcome)
+            let outcome = result.unwrap_or_else(|| Outcome::Refused(conflict::<A>()));
+            Ok(record(started, outcome))
         }
         .instrument(span)
         .await
+    }
+
+    /// Logs the answer to a decision that appends nothing (a refusal, or an accepted
+    /// no-op such as a jitter point), with the aggregate already let go.
+    async fn log_only(
+        &self,
+        id: Uuid,
+        slot: &Slot<A>,
+        request: AppendRequest,
+        decision: Decision<A>,
+    ) -> Result<Outcome<A>, PipelineError> {
+        let written = if request.command_key.is_none() {
+            // Accepted without effect and nothing to remember.
+            Ok(AppendOutcome::Written {
+                first_position: 0,
+                last_position: 0,
+            })
+        } else {
+            self.store.append(request).await
+        };
+        Ok(match written {
+            Ok(AppendOutcome::Written { .. }) => accepted(id, decision).0,
+            Ok(AppendOutcome::Duplicate(response)) => {
+                // Someone may have written since; catch up before the next command.
+                let mut guard = slot.lock().await;
+                if let Some(loaded) = guard.as_mut() {
+                    catch_up(&self.store, id, loaded).await?;
+                }
+                Outcome::Duplicate(Ack::from_value(response))
+            }
+            Ok(AppendOutcome::AlreadyActive { user_id, .. }) => Outcome::Refused(already_active(user_id)),
+            // The store checks versions only for requests with events; answered as a
+            // conflict, should that ever change.
+            Ok(AppendOutcome::Conflict { .. }) => Outcome::Refused(conflict::<A>()),
+            Err(error) => {
+                *slot.lock().await = None;
+                return Err(error.into());
+            }
+        })
     }
 
     fn decide(&self, loaded: &Loaded<A>, command: &A::Command, now: DateTime<Utc>) -> Decision<A> {
@@ -445,6 +483,48 @@ pub fn standard_result<A: Aggregate>(id: Uuid, loaded: &Loaded<A>) -> Ack {
         "version": loaded.version,
         "status": loaded.state.status(),
     }))
+}
+
+/// The outcome of a decision whose request was written, and the state after it.
+fn accepted<A: Aggregate>(id: Uuid, decision: Decision<A>) -> (Outcome<A>, Loaded<A>) {
+    let outcome = match decision.refusal {
+        Some(refusal) => Outcome::Refused(refusal),
+        None => Outcome::Accepted {
+            state: decision.after.state.clone(),
+            version: decision.after.version,
+            answer: decision
+                .answer
+                .unwrap_or_else(|| standard_result(id, &decision.after)),
+            events: decision.events,
+        },
+    };
+    (outcome, decision.after)
+}
+
+fn already_active(user_id: Uuid) -> DomainError {
+    DomainError::new(
+        ErrorCode::AlreadyActive,
+        format!("user {user_id} is already in an open match or ride"),
+    )
+}
+
+fn conflict<A: Aggregate>() -> DomainError {
+    DomainError::new(
+        ErrorCode::Conflict,
+        format!("{} kept changing concurrently; try again", A::TYPE),
+    )
+}
+
+/// Counts a handled command by outcome and passes it on.
+fn record<A: Aggregate>(started: std::time::Instant, outcome: Outcome<A>) -> Outcome<A> {
+    let label = match &outcome {
+        Outcome::Accepted { .. } => "accepted",
+        Outcome::Refused(_) => "refused",
+        Outcome::Duplicate(_) => "duplicate",
+    };
+    metrics::histogram!("nebengjek_command_seconds", "aggregate" => A::TYPE, "outcome" => label)
+        .record(started.elapsed().as_secs_f64());
+    outcome
 }
 
 /// Splits a serialized event into its stored name and payload.

@@ -11,7 +11,7 @@ use commands::ports::ChargeError;
 use commands::process::{create_rides_once, fire_due_deadlines};
 use commands::Ack;
 use domain::matching::{Candidate, MatchCommand};
-use domain::{Actor, ErrorCode, GeoPoint, MatchId, Role, UserId};
+use domain::{Actor, Aggregate, ErrorCode, GeoPoint, MatchId, Role, UserId};
 use futures::future::join_all;
 use serde_json::{json, Value};
 use support::{another_process, world, World};
@@ -74,6 +74,23 @@ async fn confirm(w: &World, actor: Actor, match_id: MatchId, accepted: bool) -> 
             ClientCommand::MatchConfirm { match_id, accepted },
         )
         .await
+}
+
+/// A PENDING ride of `passenger` with `driver`, through the match.
+async fn ride_between(w: &World, passenger: Actor, driver: Actor) -> domain::RideId {
+    let match_id = request_match(w, passenger).await;
+    propose(w, match_id, &[driver]).await;
+    assert!(confirm(w, driver, match_id, true).await.ok);
+    assert!(confirm(w, passenger, match_id, true).await.ok);
+    create_rides_once(&w.bus).await.unwrap();
+    let id: Uuid = sqlx::query_scalar(
+        "SELECT aggregate_id FROM participant_reservations WHERE user_id = $1 AND aggregate_type = 'ride'",
+    )
+    .bind(driver.user_id.as_uuid())
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    id.into()
 }
 
 async fn count(w: &World, sql: &str) -> i64 {
@@ -233,19 +250,7 @@ async fn a_ride_with_a_failed_then_successful_payment() {
     let w = world().await;
     let passenger = user(Role::Passenger);
     let driver = user(Role::Driver);
-    let match_id = request_match(&w, passenger).await;
-    propose(&w, match_id, &[driver]).await;
-    assert!(confirm(&w, driver, match_id, true).await.ok);
-    assert!(confirm(&w, passenger, match_id, true).await.ok);
-    create_rides_once(&w.bus).await.unwrap();
-    let ride_id: domain::RideId = {
-        let id: Uuid =
-            sqlx::query_scalar("SELECT aggregate_id FROM events WHERE aggregate_type = 'ride' LIMIT 1")
-                .fetch_one(&w.pool)
-                .await
-                .unwrap();
-        id.into()
-    };
+    let ride_id = ride_between(&w, passenger, driver).await;
     let send = |actor: Actor, cmd: ClientCommand| {
         let bus = w.bus.clone();
         async move { bus.dispatch(actor, Some(&Uuid::now_v7().to_string()), cmd).await }
@@ -455,4 +460,73 @@ async fn nats_commands_get_the_same_answers_as_in_process_ones() {
         .await,
         1
     );
+}
+
+/// Guarantee 1 across processes: a process answers from its cached aggregates, but one
+/// that saw a ride only while it was PENDING must not decide on that stale state after
+/// another process started the ride — neither drop a driver's trip point (a cached
+/// "not in progress") nor refuse an arrival (a refusal is decided again on the stored
+/// state; an acceptance is checked by the append's version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_with_a_stale_cached_ride_decides_on_the_stored_state() {
+    let w = world().await;
+    let passenger = user(Role::Passenger);
+    let driver = user(Role::Driver);
+    let ride_id = ride_between(&w, passenger, driver).await;
+    let (pings, arrivals) = (another_process(&w), another_process(&w));
+    for process in [&pings, &arrivals] {
+        let seen = process.rides().cached(ride_id.as_uuid()).await.unwrap();
+        assert_eq!(seen.state.status(), "PENDING");
+    }
+    let send = |bus: &commands::CommandBus, cmd: ClientCommand| {
+        let bus = bus.clone();
+        async move { bus.dispatch(driver, Some(&Uuid::now_v7().to_string()), cmd).await }
+    };
+    let beacon = ClientCommand::BeaconUpdate {
+        is_active: true,
+        point: pickup(),
+    };
+    assert!(send(&w.bus, beacon).await.ok);
+    let started = send(&w.bus, ClientCommand::RideStart { ride_id }).await;
+    assert_eq!(
+        started.result.as_ref().unwrap()["status"],
+        "IN_PROGRESS",
+        "{started:?}"
+    );
+
+    w.clock.advance(TimeDelta::seconds(60));
+    let point = GeoPoint::new(-6.2045, 106.8).unwrap();
+    let ping = ClientCommand::LocationUpdate {
+        point,
+        accuracy_m: None,
+        recorded_at: None,
+        ride_id: None,
+    };
+    assert_eq!(send(&pings, ping).await, Ack::ok(json!({})));
+    let recorded = sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'trip_point_recorded'",
+    )
+    .bind(ride_id.as_uuid())
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1, "the point acked by the stale process is on the ride");
+
+    let arrived = send(
+        &arrivals,
+        ClientCommand::RideArrived {
+            ride_id,
+            adjustment_factor: None,
+        },
+    )
+    .await;
+    assert!(arrived.ok, "{arrived:?}");
+    assert_eq!(arrived.result.as_ref().unwrap()["status"], "ARRIVED");
+    let distance_m: i64 =
+        sqlx::query_scalar("SELECT (payload->>'distance_m')::bigint FROM events WHERE aggregate_id = $1 AND event_type = 'arrived'")
+            .bind(ride_id.as_uuid())
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(distance_m, pickup().distance_m(&point).round() as i64);
 }
