@@ -316,8 +316,11 @@ pub async fn write_batch_fast(
     let mut offsets = Vec::with_capacity(requests.len());
     let mut n: i64 = 0;
     for request in requests {
-        let me = (request.aggregate_type, request.aggregate_id);
-        if !seen_streams.insert(me) {
+        // Only a request that writes the stream's events or deadline makes a second one
+        // on the same stream ineligible; answers that are only logged (refusals of the
+        // drivers who lost a proposal, say) share a batch with anything.
+        let writes_stream = !request.events.is_empty() || request.deadline != DeadlineChange::Keep;
+        if writes_stream && !seen_streams.insert((request.aggregate_type, request.aggregate_id)) {
             return Ok(None);
         }
         if let Some(key) = &request.command_key {

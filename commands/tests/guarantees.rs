@@ -348,3 +348,38 @@ async fn a_batch_with_one_duplicate_falls_back_and_decides_each_request() {
     );
     assert!(matches!(careful[1], AppendOutcome::Duplicate(_)), "{careful:?}");
 }
+
+/// Answers that are only logged (no events, no deadline) share the fast path with an
+/// append to the same aggregate — five drivers answering one proposal commit together —
+/// while two appends to one stream still go the careful way.
+#[tokio::test]
+async fn logged_answers_on_one_aggregate_share_the_fast_path() {
+    let w = world().await;
+    let id = Uuid::now_v7();
+    let append = raw_request(id, 0, Some("wins"));
+    let logged = |key: &str| AppendRequest {
+        events: vec![],
+        response: json!({"ok": false, "error": {"code": "already_taken"}}),
+        ..raw_request(id, 0, Some(key))
+    };
+    let (late, later) = (logged("late"), logged("later"));
+    let fast = store::write_batch_fast(&w.pool, &[&append, &late, &later])
+        .await
+        .unwrap()
+        .expect("eligible for the fast path");
+    assert!(
+        fast.iter().all(|o| matches!(o, AppendOutcome::Written { .. })),
+        "{fast:?}"
+    );
+    assert_eq!(stream_len(&w.pool, id).await, 1);
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM command_log WHERE aggregate_id = $1")
+        .bind(id)
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 3);
+
+    let (one, two) = (raw_request(id, 1, None), raw_request(id, 2, None));
+    let twice = store::write_batch_fast(&w.pool, &[&one, &two]).await.unwrap();
+    assert!(twice.is_none(), "two appends to one stream: {twice:?}");
+}
