@@ -15,6 +15,20 @@ use uuid::Uuid;
 
 use crate::ports::Positions;
 
+/// Sets a user's position unless the stored one is newer (the geo projection writes the
+/// same hash from the `LOCATION` stream, later and possibly redelivered). KEYS: the
+/// hash. ARGV: user id, encoded position, its time in ms.
+const RECORD_LUA: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local at = old and tonumber(string.match(old, ',(%-?%d+)$'))
+if at and at > tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+static RECORD: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RECORD_LUA));
+
 /// Last known positions in Redis.
 #[derive(Clone)]
 pub struct RedisPositions {
@@ -63,11 +77,12 @@ impl RedisPositions {
 impl Positions for RedisPositions {
     async fn record(&self, user: UserId, point: GeoPoint, at: DateTime<Utc>) {
         let mut conn = self.redis.clone();
-        let result: Result<(), _> = redis::cmd("HSET")
-            .arg(&self.key)
+        let result: Result<i64, _> = RECORD
+            .key(&self.key)
             .arg(user.to_string())
             .arg(encode_position(point, at))
-            .query_async(&mut conn)
+            .arg(at.timestamp_millis())
+            .invoke_async(&mut conn)
             .await;
         if let Err(error) = result {
             // The port cannot fail: a lost position makes `ride_start` answer `too_far`

@@ -381,6 +381,12 @@ async fn redis_positions_are_shared_between_processes() {
     assert_eq!(two.last_with_time(user).await.unwrap(), Some((north(1.0), at)));
     one.record(user, north(2.0), at + TimeDelta::seconds(1)).await;
     assert_eq!(two.last(user).await, Some(north(2.0)));
+    // An older position (a late writer: the geo projection replaying a ping) does not
+    // move the user back; one at the same instant does replace it.
+    two.record(user, north(3.0), at).await;
+    assert_eq!(two.last(user).await, Some(north(2.0)));
+    two.record(user, north(4.0), at + TimeDelta::seconds(1)).await;
+    assert_eq!(two.last(user).await, Some(north(4.0)));
     // Another store's positions are another key.
     assert_eq!(
         RedisPositions::new(conn.clone(), &prefix, Uuid::new_v4())

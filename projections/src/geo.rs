@@ -166,17 +166,32 @@ impl fmt::Debug for GeoIndex {
 // KEYS: positions, online, busy, available, offline. ARGV: cutoff, then per ping
 // id, lon, lat, at_ms, active ('1' beacon on, '0' beacon off, 'k' position only:
 // online unless the last beacon said offline), encoded position.
+// A ping older than the driver's stored position is dropped first (a redelivered or
+// replayed ping must not move a driver back: the command path records positions too).
 const PINGS_LUA: &str = r"
-local cutoff = tonumber(ARGV[1])
-local n = (#ARGV - 1) / 6
+local total = (#ARGV - 1) / 6
+local all = {}
+for i = 0, total - 1 do all[#all + 1] = ARGV[2 + i * 6] end
+local stored = redis.call('HMGET', KEYS[1], unpack(all))
+local A = {ARGV[1]}
+for i = 0, total - 1 do
+  local b = 2 + i * 6
+  local old = stored[i + 1] and tonumber(string.match(stored[i + 1], ',(%-?%d+)$'))
+  if not old or old <= tonumber(ARGV[b + 3]) then
+    for k = 0, 5 do A[#A + 1] = ARGV[b + k] end
+  end
+end
+local cutoff = tonumber(A[1])
+local n = (#A - 1) / 6
+if n == 0 then return 0 end
 local hset, ids, on, off, keep = {}, {}, {}, {}, {}
 for i = 0, n - 1 do
   local b = 2 + i * 6
-  local id = ARGV[b]
+  local id = A[b]
   ids[#ids + 1] = id
   hset[#hset + 1] = id
-  hset[#hset + 1] = ARGV[b + 5]
-  local a = ARGV[b + 4]
+  hset[#hset + 1] = A[b + 5]
+  local a = A[b + 4]
   if a == '1' then on[#on + 1] = id elseif a == '0' then off[#off + 1] = id else keep[#keep + 1] = id end
 end
 redis.call('HSET', KEYS[1], unpack(hset))
@@ -193,10 +208,10 @@ end
 local online = {}
 for i = 0, n - 1 do
   local b = 2 + i * 6
-  local a = ARGV[b + 4]
-  if a == '1' or (a == 'k' and not offline[ARGV[b]]) then
-    online[#online + 1] = ARGV[b + 3]
-    online[#online + 1] = ARGV[b]
+  local a = A[b + 4]
+  if a == '1' or (a == 'k' and not offline[A[b]]) then
+    online[#online + 1] = A[b + 3]
+    online[#online + 1] = A[b]
   end
 end
 if #online > 0 then redis.call('ZADD', KEYS[2], unpack(online)) end
@@ -204,14 +219,14 @@ local busy = redis.call('HMGET', KEYS[3], unpack(ids))
 local add, rem = {}, {}
 for i = 0, n - 1 do
   local b = 2 + i * 6
-  local a = ARGV[b + 4]
-  local is_on = a == '1' or (a == 'k' and not offline[ARGV[b]])
-  if is_on and not busy[i + 1] and tonumber(ARGV[b + 3]) >= cutoff then
-    add[#add + 1] = ARGV[b + 1]
-    add[#add + 1] = ARGV[b + 2]
-    add[#add + 1] = ARGV[b]
+  local a = A[b + 4]
+  local is_on = a == '1' or (a == 'k' and not offline[A[b]])
+  if is_on and not busy[i + 1] and tonumber(A[b + 3]) >= cutoff then
+    add[#add + 1] = A[b + 1]
+    add[#add + 1] = A[b + 2]
+    add[#add + 1] = A[b]
   else
-    rem[#rem + 1] = ARGV[b]
+    rem[#rem + 1] = A[b]
   end
 end
 if #add > 0 then redis.call('GEOADD', KEYS[4], unpack(add)) end

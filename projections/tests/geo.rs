@@ -179,6 +179,40 @@ async fn stale_drivers_drop_after_the_ttl_and_a_ping_brings_them_back() {
     w.cleanup().await;
 }
 
+/// A ping older than the driver's stored position (redelivered after a NATS restart, or
+/// replayed) does not move the driver back, in the positions hash or in the index; the
+/// rest of its batch still applies.
+#[tokio::test]
+async fn an_older_ping_does_not_move_a_driver_back() {
+    let w = world().await;
+    let (d1, d2) = (user(), user());
+    let late = ping(&w, d1, near(1.0), true);
+    w.clock.advance(TimeDelta::seconds(5));
+    w.index
+        .apply_pings(&[ping(&w, d1, near(3.0), true)])
+        .await
+        .unwrap();
+    w.index
+        .apply_pings(&[late, ping(&w, d2, near(2.0), true)])
+        .await
+        .unwrap();
+    let mut c = w.redis.clone();
+    let stored: Option<String> = redis::cmd("HGET")
+        .arg(&w.index.keys().positions)
+        .arg(d1.to_string())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (point, _) = domain::location::decode_position(&stored.unwrap()).unwrap();
+    assert_eq!(point, near(3.0));
+    assert_eq!(w.index.available().await.unwrap(), sorted(&[d1, d2]));
+    let here = near(3.0);
+    let within_50_m = w.index.nearby(here.lat(), here.lon(), 0.05, 5).await.unwrap();
+    let found: Vec<UserId> = within_50_m.iter().map(|n| n.driver_id).collect();
+    assert_eq!(found, vec![d1], "the index keeps d1 where its newest ping put it");
+    w.cleanup().await;
+}
+
 #[tokio::test]
 async fn nearby_is_nearest_first_within_the_radius() {
     let w = world().await;
