@@ -192,7 +192,11 @@ async fn a_driver_accepting_five_matches_at_once_ends_up_in_one() {
             matches.push(m);
         }
         let acks = join_all(matches.iter().enumerate().map(|(i, m)| {
-            let bus = if i % 2 == 0 { w.bus.clone() } else { other.clone() };
+            let bus = if i.is_multiple_of(2) {
+                w.bus.clone()
+            } else {
+                other.clone()
+            };
             let m = *m;
             async move {
                 bus.dispatch(
@@ -529,4 +533,60 @@ async fn a_process_with_a_stale_cached_ride_decides_on_the_stored_state() {
             .await
             .unwrap();
     assert_eq!(distance_m, pickup().distance_m(&point).round() as i64);
+}
+
+/// Five drivers answer one proposal at once, from two processes: one wins, the others
+/// are refused, and each refusal — logged after the match is let go — is the answer to
+/// its frame id for good: a resend, after the match has moved on, gets it again and
+/// appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_drivers_answering_one_proposal_at_once_one_wins_and_each_refusal_is_logged() {
+    let w = world().await;
+    let other = another_process(&w);
+    for round in 0..10 {
+        let passenger = user(Role::Passenger);
+        let drivers: Vec<Actor> = (0..5).map(|_| user(Role::Driver)).collect();
+        let match_id = request_match(&w, passenger).await;
+        propose(&w, match_id, &drivers).await;
+        let answer = |i: usize| {
+            let bus = if i.is_multiple_of(2) {
+                w.bus.clone()
+            } else {
+                other.clone()
+            };
+            let driver = drivers[i];
+            async move {
+                let confirm = ClientCommand::MatchConfirm {
+                    match_id,
+                    accepted: true,
+                };
+                bus.dispatch(driver, Some(&format!("accept-{round}")), confirm)
+                    .await
+            }
+        };
+        let acks = join_all((0..5).map(answer)).await;
+        assert_eq!(acks.iter().filter(|a| a.ok).count(), 1, "round {round}: {acks:?}");
+        for refused in acks.iter().filter(|a| !a.ok) {
+            assert!(
+                matches!(
+                    refused.code(),
+                    Some(ErrorCode::AlreadyTaken | ErrorCode::Conflict)
+                ),
+                "round {round}: {refused:?}"
+            );
+        }
+        let events = format!(
+            "SELECT count(*) FROM events WHERE aggregate_id = '{}'",
+            match_id.as_uuid()
+        );
+        // The passenger turns the winner down: the match searches again, so a resend
+        // decided anew would be answered differently; the logged answers must stand.
+        let turned_down = confirm(&w, passenger, match_id, false).await;
+        assert!(turned_down.ok, "round {round}: {turned_down:?}");
+        let before = count(&w, &events).await;
+        let again = join_all((0..5).rev().map(answer)).await;
+        let again: Vec<Ack> = again.into_iter().rev().collect();
+        assert_eq!(again, acks, "round {round}: resends get the first answers");
+        assert_eq!(count(&w, &events).await, before, "round {round}");
+    }
 }
