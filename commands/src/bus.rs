@@ -144,8 +144,8 @@ impl CommandBus {
                 self.on_match(match_id.as_uuid(), env, cmd).await
             }
             ClientCommand::RideStart { ride_id } => {
-                // Who the passenger is never changes: the cached ride is enough.
-                let ride = self.inner.rides.cached(ride_id.as_uuid()).await?;
+                // Who the passenger is never changes: a cached ride is enough.
+                let ride = self.inner.rides.load_unless(ride_id.as_uuid(), exists).await?;
                 let driver_position = self.inner.positions.last(actor.user_id).await;
                 let passenger_position = match ride.state.passenger_id() {
                     Some(passenger) => self.inner.positions.last(passenger).await,
@@ -200,12 +200,13 @@ impl CommandBus {
                         // A cached ride in progress is enough to choose the command (a
                         // stale one conflicts at the append and is decided again); any
                         // other answer is checked against the store.
-                        let mut loaded = self.inner.rides.cached(ride_id).await?;
-                        if !(domain::Aggregate::exists(&loaded.state)
-                            && (named || loaded.state.status() == "IN_PROGRESS"))
-                        {
-                            loaded = self.inner.rides.load(ride_id).await?;
-                        }
+                        let loaded = self
+                            .inner
+                            .rides
+                            .load_unless(ride_id, |l| {
+                                exists(l) && (named || l.state.status() == "IN_PROGRESS")
+                            })
+                            .await?;
                         if named && !domain::Aggregate::exists(&loaded.state) {
                             return self
                                 .refuse_logged(env, DomainError::not_found(format!("no ride {ride_id}")))
@@ -245,11 +246,7 @@ impl CommandBus {
     }
 
     async fn on_match(&self, id: Uuid, env: &Envelope, cmd: MatchCommand) -> Result<Ack, PipelineError> {
-        // An aggregate that exists never stops existing: the cache answers that, the
-        // store is read only to confirm a "no".
-        if !domain::Aggregate::exists(&self.inner.matches.cached(id).await?.state)
-            && !domain::Aggregate::exists(&self.inner.matches.load(id).await?.state)
-        {
+        if !exists(&self.inner.matches.load_unless(id, exists).await?) {
             return self
                 .refuse_logged(env, DomainError::not_found(format!("no match {id}")))
                 .await;
@@ -259,9 +256,7 @@ impl CommandBus {
 
     async fn on_ride(&self, ride_id: RideId, env: &Envelope, cmd: RideCommand) -> Result<Ack, PipelineError> {
         let id = ride_id.as_uuid();
-        if !domain::Aggregate::exists(&self.inner.rides.cached(id).await?.state)
-            && !domain::Aggregate::exists(&self.inner.rides.load(id).await?.state)
-        {
+        if !exists(&self.inner.rides.load_unless(id, exists).await?) {
             return self
                 .refuse_logged(env, DomainError::not_found(format!("no ride {id}")))
                 .await;
@@ -364,6 +359,12 @@ impl CommandBus {
             _ => ack,
         })
     }
+}
+
+/// Whether the aggregate exists; once true it stays true, so a cached "yes" is settled
+/// (see [`Handler::load_unless`]).
+fn exists<A: domain::Aggregate>(loaded: &Loaded<A>) -> bool {
+    domain::Aggregate::exists(&loaded.state)
 }
 
 /// The ack of an outcome.

@@ -181,27 +181,27 @@ impl<A: Aggregate> Handler<A> {
 
     /// The aggregate as it stands now (from the cache, caught up with the store).
     pub async fn load(&self, id: Uuid) -> Result<Loaded<A>, PipelineError> {
-        let slot = self.slot(id);
-        let mut guard = slot.lock().await;
-        let mut loaded = guard.take().unwrap_or_default();
-        catch_up(&self.store, id, &mut loaded).await?;
-        *guard = Some(loaded.clone());
-        Ok(loaded)
+        self.load_unless(id, |_| false).await
     }
 
-    /// The aggregate as this process last saw it: from the cache without reading the
-    /// store when it is there, else read. It may be behind another process's latest
-    /// writes, so use it for what cannot be undone (the aggregate exists, who takes
-    /// part in it) or to choose a command that [`execute`](Self::execute) then decides
-    /// on checked state; use [`load`](Self::load) when a negative answer matters.
-    pub async fn cached(&self, id: Uuid) -> Result<Loaded<A>, PipelineError> {
+    /// The cached aggregate when `settled` holds for it, else as [`load`](Self::load)
+    /// reads it. A cached state may be behind another process's writes, so `settled`
+    /// should accept only what cannot be undone (the aggregate exists, who takes part in
+    /// it) or what [`execute`](Self::execute) checks again (a trip point for a ride in
+    /// progress: its append checks the version); a "no" then comes from the store.
+    pub async fn load_unless(
+        &self,
+        id: Uuid,
+        settled: impl FnOnce(&Loaded<A>) -> bool,
+    ) -> Result<Loaded<A>, PipelineError> {
         let slot = self.slot(id);
         let mut guard = slot.lock().await;
-        if let Some(loaded) = guard.as_ref() {
-            return Ok(loaded.clone());
+        let cached = guard.take();
+        let settled = cached.as_ref().is_some_and(settled);
+        let mut loaded = cached.unwrap_or_default();
+        if !settled {
+            catch_up(&self.store, id, &mut loaded).await?;
         }
-        let mut loaded = Loaded::default();
-        catch_up(&self.store, id, &mut loaded).await?;
         *guard = Some(loaded.clone());
         Ok(loaded)
     }

@@ -9,7 +9,7 @@ use commands::ingress::ClientCommand;
 use commands::pipeline::Envelope;
 use commands::ports::ChargeError;
 use commands::process::{create_rides_once, fire_due_deadlines};
-use commands::Ack;
+use commands::{Ack, CommandBus};
 use domain::matching::{Candidate, MatchCommand};
 use domain::{Actor, Aggregate, ErrorCode, GeoPoint, MatchId, Role, UserId};
 use futures::future::join_all;
@@ -91,6 +91,15 @@ async fn ride_between(w: &World, passenger: Actor, driver: Actor) -> domain::Rid
     .await
     .unwrap();
     id.into()
+}
+
+/// This process for even `i`, the other for odd: spreads concurrent commands over two.
+fn alternate(w: &World, other: &CommandBus, i: usize) -> CommandBus {
+    if i.is_multiple_of(2) {
+        w.bus.clone()
+    } else {
+        other.clone()
+    }
 }
 
 async fn count(w: &World, sql: &str) -> i64 {
@@ -192,11 +201,7 @@ async fn a_driver_accepting_five_matches_at_once_ends_up_in_one() {
             matches.push(m);
         }
         let acks = join_all(matches.iter().enumerate().map(|(i, m)| {
-            let bus = if i.is_multiple_of(2) {
-                w.bus.clone()
-            } else {
-                other.clone()
-            };
+            let bus = alternate(&w, &other, i);
             let m = *m;
             async move {
                 bus.dispatch(
@@ -479,10 +484,10 @@ async fn a_process_with_a_stale_cached_ride_decides_on_the_stored_state() {
     let ride_id = ride_between(&w, passenger, driver).await;
     let (pings, arrivals) = (another_process(&w), another_process(&w));
     for process in [&pings, &arrivals] {
-        let seen = process.rides().cached(ride_id.as_uuid()).await.unwrap();
+        let seen = process.rides().load(ride_id.as_uuid()).await.unwrap();
         assert_eq!(seen.state.status(), "PENDING");
     }
-    let send = |bus: &commands::CommandBus, cmd: ClientCommand| {
+    let send = |bus: &CommandBus, cmd: ClientCommand| {
         let bus = bus.clone();
         async move { bus.dispatch(driver, Some(&Uuid::now_v7().to_string()), cmd).await }
     };
@@ -549,11 +554,7 @@ async fn five_drivers_answering_one_proposal_at_once_one_wins_and_each_refusal_i
         let match_id = request_match(&w, passenger).await;
         propose(&w, match_id, &drivers).await;
         let answer = |i: usize| {
-            let bus = if i.is_multiple_of(2) {
-                w.bus.clone()
-            } else {
-                other.clone()
-            };
+            let bus = alternate(&w, &other, i);
             let driver = drivers[i];
             async move {
                 let confirm = ClientCommand::MatchConfirm {

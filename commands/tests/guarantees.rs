@@ -24,7 +24,10 @@ struct RideCast {
 }
 
 async fn create_ride(w: &support::World) -> RideCast {
-    let ride_id = RideId::from_uuid(Uuid::now_v7());
+    create_ride_with_id(w, RideId::from_uuid(Uuid::now_v7())).await
+}
+
+async fn create_ride_with_id(w: &support::World, ride_id: RideId) -> RideCast {
     let driver = Actor::new(UserId::from_uuid(Uuid::now_v7()), Role::Driver);
     let passenger = Actor::new(UserId::from_uuid(Uuid::now_v7()), Role::Passenger);
     let cmd = RideCommand::Create {
@@ -382,4 +385,24 @@ async fn logged_answers_on_one_aggregate_share_the_fast_path() {
     let (one, two) = (raw_request(id, 1, None), raw_request(id, 2, None));
     let twice = store::write_batch_fast(&w.pool, &[&one, &two]).await.unwrap();
     assert!(twice.is_none(), "two appends to one stream: {twice:?}");
+}
+
+/// Guarantee 1 across processes: a process that looked a ride up before another process
+/// created it has "no such ride" cached; that "no" is read again from the store, so a
+/// command on the ride is not refused `not_found`.
+#[tokio::test]
+async fn a_cached_no_such_ride_is_read_again_before_a_command_is_refused() {
+    let w = world().await;
+    let other = another_process(&w);
+    let ride_id = RideId::from_uuid(Uuid::now_v7());
+    let seen = other.rides().load(ride_id.as_uuid()).await.unwrap();
+    assert!(!domain::Aggregate::exists(&seen.state));
+    let cast = create_ride_with_id(&w, ride_id).await;
+    let cancel = commands::ingress::ClientCommand::RideCancel {
+        ride_id,
+        reason: "changed my mind".into(),
+    };
+    let ack = other.dispatch(cast.passenger, Some("cancel-1"), cancel).await;
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!(ack.result.as_ref().unwrap()["status"], "CANCELLED");
 }
