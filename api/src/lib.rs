@@ -39,6 +39,7 @@ pub mod auth;
 pub mod error;
 pub mod ops;
 pub mod otp;
+pub mod protocol;
 pub mod reads;
 pub mod sms;
 pub mod token;

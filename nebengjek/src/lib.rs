@@ -8,6 +8,7 @@
 pub mod config;
 pub mod demo;
 pub mod load;
+pub mod metrics_setup;
 pub mod startup;
 
 use clap::ValueEnum;

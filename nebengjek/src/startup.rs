@@ -108,11 +108,17 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = crate::metrics_setup::prometheus_builder()
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "bad histogram buckets; exporting summaries");
+                    PrometheusBuilder::new()
+                })
+                .build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows only this one's");
             }
+            crate::metrics_setup::register_rare_counters();
             handle
         })
         .clone()
