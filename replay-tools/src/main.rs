@@ -61,6 +61,10 @@ enum Command {
         /// query side by side with the live tables.
         #[arg(long)]
         scratch: bool,
+        /// Print the report as one JSON document on stdout (the summary goes to
+        /// stderr): `passed`, counts, `chain_breaks`, `row_diffs`, `unreadable`.
+        #[arg(long)]
+        json: bool,
     },
     /// Rebuild a read model from position 0 into shadow tables and switch them in
     /// (readers never see a half-built table). Shows progress and events/s.
@@ -105,6 +109,10 @@ enum BillingCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Print a JSON report instead (the period, totals per kind, every entry);
+        /// `--format json` prints the bare entries.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
     },
 }
 
@@ -195,8 +203,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             to,
             driver,
             format,
-        }) => billing_period(&pool, from, to, driver, format).await,
-        Command::Verify { from, to, scratch } => verify(&pool, from.zip(to), scratch).await,
+            json,
+        }) => {
+            if json {
+                let entries = billing::period(&pool, from, to, driver).await?;
+                let report = replay_tools::report::PeriodJson::new(entries, from, to, driver);
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(0)
+            } else {
+                billing_period(&pool, from, to, driver, format).await
+            }
+        }
+        Command::Verify {
+            from,
+            to,
+            scratch,
+            json,
+        } => verify(&pool, from.zip(to), scratch, json).await,
         Command::Rebuild { projection } => {
             let projectors: Vec<Box<dyn Projector>> = match projection {
                 ProjectionName::Rides => vec![Box::new(RidesProjector)],
@@ -390,6 +413,7 @@ async fn verify(
     pool: &PgPool,
     window: Option<(DateTime<Utc>, DateTime<Utc>)>,
     scratch: bool,
+    json: bool,
 ) -> anyhow::Result<i32> {
     let progress = bar(0, "verify");
     let started = Instant::now();
@@ -400,19 +424,31 @@ async fn verify(
     .await?;
     progress.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    if json {
+        let out = replay_tools::report::VerifyJson::new(&report, window, secs);
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    // With --json the human lines go to stderr, so stdout is the document alone.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     for b in &report.chain_breaks {
-        println!("TAMPERED {b}");
+        say(format!("TAMPERED {b}"));
     }
     for d in &report.row_diffs {
-        println!("DIFFERS {d}");
+        say(format!("DIFFERS {d}"));
     }
     for u in &report.unreadable {
-        println!("UNREADABLE {u}");
+        say(format!("UNREADABLE {u}"));
     }
     if let Some(schema) = &report.scratch_schema {
-        println!("the rows the events imply are in schema {schema}");
+        say(format!("the rows the events imply are in schema {schema}"));
     }
-    println!(
+    say(format!(
         "verify: {} events of {} aggregates, {} rides compared with the read models in {secs:.1} s ({:.0} events/s): {}",
         report.events,
         report.aggregates,
@@ -428,6 +464,6 @@ async fn verify(
                 report.unreadable.len()
             )
         }
-    );
+    ));
     Ok(if report.passed() { 0 } else { 1 })
 }
