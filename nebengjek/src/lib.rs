@@ -5,6 +5,7 @@
 //! `nebengjek` binary is a thin command line over this library; tests start whole
 //! systems through [`startup::start`].
 
+pub mod chart;
 pub mod config;
 pub mod demo;
 pub mod load;

@@ -64,7 +64,8 @@ enum Command {
         /// Logins in flight at once while the clients connect.
         #[arg(long, default_value_t = 64)]
         login_concurrency: usize,
-        /// The JSON report; the Markdown one goes beside it with `.md`.
+        /// The JSON report; the Markdown one goes beside it with `.md`, a chart of
+        /// commands/s and ack p50/p99 over time with `.svg`.
         #[arg(long, default_value = "load-report.json")]
         report: std::path::PathBuf,
     },
