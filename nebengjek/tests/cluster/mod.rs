@@ -13,6 +13,8 @@
 
 pub mod checks;
 pub mod client;
+#[path = "../../../api/tests/schema_check/mod.rs"]
+pub mod schema_check;
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
