@@ -128,17 +128,27 @@ async fn the_demo_ends_close_to_its_duration() {
     config.command_subject_prefix = format!("t{tag}.");
     let duration_s = 12;
     let started = std::time::Instant::now();
-    nebengjek::demo::run(
-        config,
+    let demo = nebengjek::demo::run(
+        config.clone(),
         nebengjek::demo::DemoOptions {
             drivers: 6,
             passengers: 4,
             duration_s,
         },
     )
-    .await
-    .expect("the demo completes rides and verifies");
+    .await;
     let took = started.elapsed().as_secs_f64();
+    // Leave no streams or database behind, whatever the outcome.
+    if let Ok(nats) = async_nats::connect(&config.nats_url).await {
+        let js = async_nats::jetstream::new(nats);
+        for stream in [&config.events_stream, &config.location.stream] {
+            let _ = js.delete_stream(stream).await;
+        }
+    }
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+    demo.expect("the demo completes rides and verifies");
     // Ramp (~3 s: passengers wait 1.5 s for drivers), the window, the last rides
     // (at most one ride's length), verify. Without winding down, drivers alone
     // waited 30 s after their last ride.
