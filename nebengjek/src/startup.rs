@@ -48,13 +48,16 @@ pub async fn connect_redis(config: &Config) -> anyhow::Result<redis::aio::Connec
     .with_context(|| format!("cannot connect to Redis at REDIS_URL={}", config.redis_url))
 }
 
+/// The service's inbox prefix: `deploy/nats/nats-server.conf` lets only the service
+/// read it, so clients (who read `_INBOX.>`) cannot see its JetStream replies.
+pub const SERVICE_INBOX_PREFIX: &str = "_NEBENGJEK_INBOX";
+
 /// Connects to NATS, with `NATS_USER`/`NATS_PASSWORD` when set.
 pub async fn connect_nats(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let options = async_nats::ConnectOptions::new().custom_inbox_prefix(SERVICE_INBOX_PREFIX);
     let options = match &config.nats_credentials {
-        Some((user, password)) => {
-            async_nats::ConnectOptions::new().user_and_password(user.clone(), password.clone())
-        }
-        None => async_nats::ConnectOptions::new(),
+        Some((user, password)) => options.user_and_password(user.clone(), password.clone()),
+        None => options,
     };
     options
         .connect(&config.nats_url)
