@@ -423,6 +423,38 @@ mod tests {
         assert!(error.contains("COMMAND_SUBJECT_PREFIX"), "{error}");
         std::env::set_var("COMMAND_SUBJECT_PREFIX", "blue.");
         assert_eq!(Config::from_env().unwrap().command_subject_prefix, "blue.");
+
+        for (name, bad) in [
+            ("OPS_ADDR", "not-an-address"),
+            ("SMS_WEBHOOK_URL", "ftp://sms.example"),
+            ("NATS_USER", "nebengjek"),
+        ] {
+            std::env::set_var(name, bad);
+            let error = Config::from_env().unwrap_err().to_string();
+            assert!(error.contains(name), "{name}: {error}");
+            std::env::remove_var(name);
+        }
+        std::env::set_var("OPS_ADDR", "127.0.0.1:9100");
+        std::env::set_var("NATS_USER", "nebengjek");
+        std::env::set_var("NATS_PASSWORD", "pw");
+        let config = Config::from_env().unwrap();
+        assert_eq!(config.ops_addr, Some(SocketAddr::from(([127, 0, 0, 1], 9100))));
+        assert_eq!(config.nats_credentials, Some(("nebengjek".into(), "pw".into())));
+        assert!(!format!("{config:?}").contains("pw\""), "no password in Debug");
+
+        // Outside development the edge needs a real SMS sender: no login code is ever
+        // logged there.
+        let mut config = Config::from_env().unwrap();
+        config.app_env = AppEnv::Production;
+        let error = crate::startup::sms_sender(&config).unwrap_err().to_string();
+        assert!(error.contains("SMS_WEBHOOK_URL"), "{error}");
+        config.sms_webhook_url = Some("https://sms.example/send".into());
+        let sender = crate::startup::sms_sender(&config).expect("the webhook");
+        assert!(format!("{sender:?}").contains("WebhookSms"), "{sender:?}");
+        config.app_env = AppEnv::Development;
+        config.sms_webhook_url = None;
+        let sender = crate::startup::sms_sender(&config).expect("the logging sender");
+        assert!(format!("{sender:?}").contains("LoggingSms"), "{sender:?}");
         clear();
     }
 
