@@ -20,7 +20,8 @@
 //!   their open sockets; [`ws::feed`] turns the JetStream event feed into pushes (and
 //!   notes pending proposals in [`ws::proposals`]); [`ws::state`] builds the pushes and
 //!   the `session_state` frame sent first on every connect.
-//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; served on the edge's address or, with
+//!   [`public_router`] and [`ops_router`], on an operators' address of their own.
 //!
 //! ## Invariants
 //! - One router ([`router`]) serves every endpoint, and `/openapi.json` is generated
@@ -146,6 +147,7 @@ struct Inner {
     metrics: Option<PrometheusHandle>,
     location: Option<projections::location::LocationPublisher>,
     geo: Option<projections::geo::GeoIndex>,
+    health: projections::health::Health,
 }
 
 impl std::fmt::Debug for Inner {
@@ -177,6 +179,8 @@ pub struct Dependencies {
     pub location: Option<projections::location::LocationPublisher>,
     /// The available-drivers index, for `GET /v1/drivers/nearby`.
     pub geo: Option<projections::geo::GeoIndex>,
+    /// The components of this process that stopped on purpose (`/readyz` names them).
+    pub health: projections::health::Health,
 }
 
 impl std::fmt::Debug for Dependencies {
@@ -210,6 +214,7 @@ impl AppState {
                 metrics: deps.metrics,
                 location: deps.location,
                 geo: deps.geo,
+                health: deps.health,
             }),
         }
     }
@@ -270,6 +275,10 @@ impl AppState {
     pub fn geo(&self) -> Option<&projections::geo::GeoIndex> {
         self.inner.geo.as_ref()
     }
+    /// The components of this process that stopped on purpose.
+    pub fn health(&self) -> &projections::health::Health {
+        &self.inner.health
+    }
 }
 
 #[derive(OpenApi)]
@@ -296,12 +305,19 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
-/// The router's routes and the OpenAPI document generated from them.
-fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
+/// The router's routes and the OpenAPI document generated from them; the operator
+/// endpoints only with `with_ops`.
+fn routes(with_ops: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let router = OpenApiRouter::with_openapi(ApiDoc::openapi());
+    let router = if with_ops {
+        router
+            .routes(routes!(ops::healthz))
+            .routes(routes!(ops::readyz))
+            .routes(routes!(ops::metrics))
+    } else {
+        router
+    };
+    router
         .routes(routes!(auth::request_otp))
         .routes(routes!(auth::issue_token))
         .routes(routes!(auth::me))
@@ -318,12 +334,19 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The OpenAPI document of every HTTP endpoint.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().1
+    routes(true).1
 }
 
-/// The one router: HTTP, `/ws`, `/openapi.json`.
+/// The one router: HTTP, `/ws`, `/openapi.json` and the operator endpoints.
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = routes();
+    public_router(state, true)
+}
+
+/// The edge's router; with `with_ops` false the operator endpoints (`/healthz`,
+/// `/readyz`, `/metrics`) are left out, for a process that serves them on their own
+/// address (`OPS_ADDR`, [`ops_router`]) where the public cannot reach them.
+pub fn public_router(state: AppState, with_ops: bool) -> Router {
+    let (routes, doc) = routes(with_ops);
     let doc = Arc::new(doc);
     routes
         .route("/ws", get(ws::upgrade))

@@ -1,5 +1,7 @@
-//! Operator endpoints: `/healthz`, `/readyz` (PostgreSQL, NATS, Redis), `/metrics`.
+//! Operator endpoints: `/healthz`, `/readyz` (PostgreSQL, NATS, Redis, and no component
+//! stopped), `/metrics`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -32,9 +34,13 @@ pub struct Readiness {
     pub nats: bool,
     /// Redis answers `PING`.
     pub redis: bool,
+    /// Components of this process that stopped on purpose, each with its reason
+    /// (`relay`: the stream's tail is not the store's event). Empty when all run.
+    pub stopped: BTreeMap<String, String>,
 }
 
-/// Ready when PostgreSQL, NATS and Redis all answer (503 otherwise).
+/// Ready when PostgreSQL, NATS and Redis all answer and no component stopped (503
+/// otherwise).
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
@@ -49,7 +55,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let mut con = state.redis().clone();
     let ping = async move { redis::cmd("PING").query_async::<String>(&mut con).await };
     let redis = matches!(tokio::time::timeout(within, ping).await, Ok(Ok(ref p)) if p == "PONG");
-    let status = if postgres && nats && redis {
+    let stopped = state.health().stopped();
+    let status = if postgres && nats && redis && stopped.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -60,6 +67,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             postgres,
             nats,
             redis,
+            stopped,
         }),
     )
 }

@@ -1,5 +1,5 @@
 //! `nebengjek demo`: migrates, starts the whole system in this process on
-//! 127.0.0.1:0 (dev OTP echo forced on), runs the city simulator (`sim`) against it
+//! 127.0.0.1:0 (`APP_ENV=development` and dev OTP echo forced on), runs the city simulator (`sim`) against it
 //! with a live progress line, then verifies every hash chain and read model over the
 //! period (`replay_tools::audit::verify`) and prints a short report. Exits non-zero if
 //! any ride failed or verify fails.
@@ -49,6 +49,8 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
     let pool = startup::connect(&config).await?;
     migrations::run(&pool).await?;
     config.http_addr = "127.0.0.1:0".parse()?;
+    // A demo on a developer's machine: the development secret, codes echoed.
+    config.app_env = crate::config::AppEnv::Development;
     config.auth_dev_echo_otp = true;
     let system = startup::start(config, Role::All).await?;
     let url = format!("http://{}", system.http_addr);

@@ -32,6 +32,7 @@ async fn a_short_simulation_completes_rides_without_failures() {
     config.redis_key_prefix = format!("simtest:{tag}:");
     config.command_subject_prefix = format!("t{tag}.");
     config.auth_dev_echo_otp = true;
+    config.app_env = nebengjek::config::AppEnv::Development;
     let system = startup::start(config, Role::All).await.expect("start");
     let sim = sim::SimConfig {
         urls: vec![format!("http://{}", system.http_addr)],

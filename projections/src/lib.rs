@@ -12,7 +12,9 @@
 //!   [`rebuild()`] (from position 0 into shadow tables, switched in: see [`mod@rebuild`]) and the
 //!   [`Fault`] hook tests use to crash a batch at a chosen step.
 //! - [`relay`]: the outbox relay, the feed onto JetStream `EVENTS` in order, each
-//!   event once (a singleton per stream, resuming from the stream's own end).
+//!   event once (a singleton per stream, resuming from the stream's own end once it
+//!   has checked that end is the store's event); [`health`] records a component that
+//!   stopped on purpose, for `/readyz`.
 //! - [`rows`]: the rides read models as Rust rows — folded from events in memory,
 //!   read from the tables, written by `COPY` — for bulk rebuilds and audits.
 //! - [`read_models`]: the projectors themselves, [`RidesProjector`] (rides, the
@@ -46,6 +48,7 @@
 pub mod compare;
 pub mod copy_text;
 pub mod geo;
+pub mod health;
 pub mod location;
 pub mod read_models;
 pub mod rebuild;
