@@ -517,6 +517,13 @@ pub async fn nearby(
         return Err(ApiError::not_found("this process has no geo index"));
     };
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let point = domain::GeoPoint::new(query.lat, query.lon).map_err(ApiError::Domain)?;
+    state
+        .config()
+        .policy
+        .service_area
+        .check(&point, "the point")
+        .map_err(ApiError::Domain)?;
     let found = geo
         .nearby(query.lat, query.lon, query.radius_km.unwrap_or(5.0), limit)
         .await

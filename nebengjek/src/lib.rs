@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod load;
 pub mod startup;
 

@@ -172,7 +172,8 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             store_id,
         )),
         ports.payments,
-    );
+    )
+    .with_command_rate(config.limits.command_rate);
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
