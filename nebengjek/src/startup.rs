@@ -59,6 +59,7 @@ pub fn api_config(config: &Config) -> anyhow::Result<api::ApiConfig> {
     api.events_stream = config.events_stream.clone();
     api.events_subject_prefix = config.events_subject_prefix.clone();
     api.policy = config.policy;
+    api.analyst = config.limits.analyst;
     Ok(api)
 }
 

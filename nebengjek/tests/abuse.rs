@@ -209,3 +209,45 @@ async fn made_up_ids_are_refused_without_a_row() {
     }
     h.finish().await;
 }
+
+/// Issue 13 item 3: analyst queries are bounded: a time range over
+/// `ANALYST_MAX_RANGE_DAYS` and a page over `ANALYST_MAX_PAGE` are refused with
+/// `validation_failed` before they reach PostgreSQL; within the bounds they are served.
+#[tokio::test]
+async fn analyst_queries_over_the_bounds_are_refused() {
+    let h = support::start(|c| {
+        c.limits.analyst.max_range = chrono::TimeDelta::days(31);
+        c.limits.analyst.max_page = 100;
+    })
+    .await;
+    let (_, analyst) = h.analyst().await;
+    let wide = "from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z";
+    let narrow = "from=2026-01-01T00:00:00Z&to=2026-01-31T00:00:00Z";
+    for path in [
+        format!("/v1/rides?{wide}"),
+        format!("/v1/payments?{wide}"),
+        format!("/v1/billing/ledger?{wide}"),
+        format!("/v1/analytics/revenue?{wide}"),
+        "/v1/rides?from=2000-01-01T00:00:00Z".to_owned(),
+        "/v1/rides?limit=101".to_owned(),
+        "/v1/payments?limit=101".to_owned(),
+        "/v1/billing/ledger?limit=101".to_owned(),
+    ] {
+        let (status, body) = h.http("GET", &path, Some(&analyst), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("validation_failed")),
+            "{path}: {body}"
+        );
+    }
+    for path in [
+        format!("/v1/rides?{narrow}&limit=100"),
+        format!("/v1/payments?{narrow}"),
+        format!("/v1/billing/ledger?{narrow}"),
+        format!("/v1/analytics/revenue?{narrow}"),
+    ] {
+        let (status, body) = h.http("GET", &path, Some(&analyst), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    h.finish().await;
+}
