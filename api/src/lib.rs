@@ -92,6 +92,8 @@ pub struct ApiConfig {
     pub max_frame_bytes: usize,
     /// The business parameters (for `fare_estimate`).
     pub policy: Policy,
+    /// The bounds of the analysts' queries.
+    pub analyst: reads::AnalystLimits,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -122,6 +124,7 @@ impl ApiConfig {
             events_subject_prefix: "events".into(),
             max_frame_bytes: 64 * 1024,
             policy: Policy::default(),
+            analyst: reads::AnalystLimits::default(),
         }
     }
 }

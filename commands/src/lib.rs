@@ -42,6 +42,7 @@ pub mod nearest;
 pub mod pipeline;
 pub mod ports;
 pub mod process;
+pub mod rate;
 pub mod redis_positions;
 pub mod store;
 pub mod token;

@@ -79,6 +79,8 @@ pub struct Config {
     /// another on the same NATS (a test, a demo) uses its own, so neither serves the
     /// other's commands against the wrong database.
     pub command_subject_prefix: String,
+    /// The abuse limits (`COMMAND_RATE_*`, ...): see [`crate::limits`].
+    pub limits: crate::limits::Limits,
 }
 
 impl std::fmt::Debug for Config {
@@ -295,14 +297,18 @@ impl Config {
             "TRIP_MAX_SPEED_KMH",
             parse("TRIP_MAX_SPEED_KMH", t.max_speed_kmh)?,
         )?;
-        let a = &mut policy.service_area;
-        a.min_lat = parse("SERVICE_AREA_MIN_LAT", a.min_lat)?;
-        a.max_lat = parse("SERVICE_AREA_MAX_LAT", a.max_lat)?;
-        a.min_lon = parse("SERVICE_AREA_MIN_LON", a.min_lon)?;
-        a.max_lon = parse("SERVICE_AREA_MAX_LON", a.max_lon)?;
-        if a.min_lat >= a.max_lat || a.min_lon >= a.max_lon {
-            bail!("SERVICE_AREA_MIN_* must be below SERVICE_AREA_MAX_*");
-        }
+        let a = policy.service_area;
+        policy.service_area = domain::ServiceArea::new(
+            parse("SERVICE_AREA_MIN_LAT", a.min_lat)?,
+            parse("SERVICE_AREA_MAX_LAT", a.max_lat)?,
+            parse("SERVICE_AREA_MIN_LON", a.min_lon)?,
+            parse("SERVICE_AREA_MAX_LON", a.max_lon)?,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "SERVICE_AREA_MIN_LAT, SERVICE_AREA_MAX_LAT, SERVICE_AREA_MIN_LON, SERVICE_AREA_MAX_LON: {e}"
+            )
+        })?;
         let events_subject_prefix = nats_token("EVENTS_SUBJECT_PREFIX", "events")?;
         let command_subject_prefix = var("COMMAND_SUBJECT_PREFIX").unwrap_or_default();
         if command_subject_prefix.starts_with(&format!("{events_subject_prefix}.")) {
@@ -336,6 +342,7 @@ impl Config {
             },
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
             command_subject_prefix,
+            limits: crate::limits::Limits::from_env()?,
         })
     }
 }
@@ -423,6 +430,20 @@ mod tests {
         assert!(error.contains("COMMAND_SUBJECT_PREFIX"), "{error}");
         std::env::set_var("COMMAND_SUBJECT_PREFIX", "blue.");
         assert_eq!(Config::from_env().unwrap().command_subject_prefix, "blue.");
+        std::env::remove_var("COMMAND_SUBJECT_PREFIX");
+
+        // A service area beyond Redis GEO's ±85.05112878° is refused at start-up.
+        std::env::set_var("SERVICE_AREA_MAX_LAT", "89.9");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("SERVICE_AREA_MAX_LAT"), "{error}");
+        std::env::set_var("SERVICE_AREA_MAX_LAT", "85");
+        assert_eq!(Config::from_env().unwrap().policy.service_area.max_lat, 85.0);
+        std::env::remove_var("SERVICE_AREA_MAX_LAT");
+
+        std::env::set_var("COMMAND_RATE_BURST", "0");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("COMMAND_RATE_BURST"), "{error}");
+        std::env::remove_var("COMMAND_RATE_BURST");
 
         for (name, bad) in [
             ("OPS_ADDR", "not-an-address"),

@@ -8,6 +8,7 @@
 pub mod chart;
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod load;
 pub mod metrics_setup;
 pub mod startup;

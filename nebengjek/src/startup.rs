@@ -89,6 +89,7 @@ pub fn api_config(config: &Config) -> anyhow::Result<api::ApiConfig> {
     api.events_stream = config.events_stream.clone();
     api.events_subject_prefix = config.events_subject_prefix.clone();
     api.policy = config.policy;
+    api.analyst = config.limits.analyst;
     Ok(api)
 }
 
@@ -218,7 +219,8 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             store_id,
         )),
         ports.payments,
-    );
+    )
+    .with_command_rate(config.limits.command_rate);
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
