@@ -6,6 +6,8 @@
 //!   events and compared with the read models; a ride as it stood at a moment;
 //! - [`audit`]: `verify` — every hash chain, and rides / billing_ledger / payments
 //!   folded from the events and diffed with the live tables, in one pass;
+//! - [`audit_log`]: `audit verify --receipt`, a signed tree head an auditor kept
+//!   checked against the events (the proofs themselves are `projections::audit_log`);
 //! - this module: the chain checks themselves ([`verify_stream`], [`verify_chains`]).
 //!
 //! Rebuilds are `projections::rebuild`, driven by the binary with a progress bar.
@@ -19,6 +21,7 @@
 //! the next link, and a deleted *last* event leaves `streams` pointing past the end.
 
 pub mod audit;
+pub mod audit_log;
 pub mod billing;
 
 use std::collections::HashMap;
