@@ -81,6 +81,11 @@ pub struct Config {
     pub command_subject_prefix: String,
     /// The abuse limits (`COMMAND_RATE_*`, ...): see [`crate::limits`].
     pub limits: crate::limits::Limits,
+    /// `AUDIT_SIGNING_KEY_FILE`: the Ed25519 key (PKCS#8 PEM) that signs tree heads.
+    pub audit_signing_key_file: Option<std::path::PathBuf>,
+    /// `AUDIT_TREE_HEAD_SECONDS`: a new signed tree head at least this often while
+    /// events arrive (10).
+    pub audit_tree_head_interval: std::time::Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -102,6 +107,23 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
+    /// The audit log's signing key: `AUDIT_SIGNING_KEY_FILE`, or in development a key
+    /// made once at `.nebengjek/audit-signing-key.pem`. Outside development a missing
+    /// variable stops start-up; an unreadable file always does, naming the variable.
+    pub fn audit_signing_key(&self) -> anyhow::Result<ed25519_dalek::SigningKey> {
+        use projections::audit_log::{read_or_create_signing_key, read_signing_key, DEVELOPMENT_KEY_FILE};
+        match (&self.audit_signing_key_file, self.app_env) {
+            (Some(path), _) => {
+                read_signing_key(path).map_err(|e| anyhow::anyhow!("AUDIT_SIGNING_KEY_FILE: {e}"))
+            }
+            (None, AppEnv::Development) => {
+                read_or_create_signing_key(std::path::Path::new(DEVELOPMENT_KEY_FILE))
+                    .map_err(|e| anyhow::anyhow!("AUDIT_SIGNING_KEY_FILE (unset, development key): {e}"))
+            }
+            (None, AppEnv::Production) => bail!("AUDIT_SIGNING_KEY_FILE is required when APP_ENV=production"),
+        }
+    }
+
     /// Refuses, outside development, what would let anyone in: the public development
     /// JWT secret, a short one, echoed login codes. Each message names the variable.
     pub fn check_secrets(&self) -> anyhow::Result<()> {
@@ -343,6 +365,14 @@ impl Config {
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
             command_subject_prefix,
             limits: crate::limits::Limits::from_env()?,
+            audit_signing_key_file: var("AUDIT_SIGNING_KEY_FILE").map(std::path::PathBuf::from),
+            audit_tree_head_interval: {
+                let seconds: u64 = parse("AUDIT_TREE_HEAD_SECONDS", 10u64)?;
+                if seconds == 0 {
+                    bail!("AUDIT_TREE_HEAD_SECONDS must be a positive number of seconds");
+                }
+                std::time::Duration::from_secs(seconds)
+            },
         })
     }
 }
@@ -432,6 +462,31 @@ mod tests {
         assert_eq!(Config::from_env().unwrap().command_subject_prefix, "blue.");
         std::env::remove_var("COMMAND_SUBJECT_PREFIX");
 
+        for bad in ["0", "ten", "-1"] {
+            std::env::set_var("AUDIT_TREE_HEAD_SECONDS", bad);
+            let error = Config::from_env().unwrap_err().to_string();
+            assert!(error.contains("AUDIT_TREE_HEAD_SECONDS"), "{error}");
+        }
+        std::env::set_var("AUDIT_TREE_HEAD_SECONDS", "3");
+        assert_eq!(Config::from_env().unwrap().audit_tree_head_interval.as_secs(), 3);
+        std::env::remove_var("AUDIT_TREE_HEAD_SECONDS");
+
+        std::env::set_var("AUDIT_SIGNING_KEY_FILE", "/nonexistent/key.pem");
+        let error = Config::from_env()
+            .unwrap()
+            .audit_signing_key()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("AUDIT_SIGNING_KEY_FILE"), "{error}");
+        std::env::remove_var("AUDIT_SIGNING_KEY_FILE");
+        std::env::set_var("APP_ENV", "production");
+        let error = Config::from_env()
+            .unwrap()
+            .audit_signing_key()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("AUDIT_SIGNING_KEY_FILE"), "{error}");
+        std::env::remove_var("APP_ENV");
         // A service area beyond Redis GEO's ±85.05112878° is refused at start-up.
         std::env::set_var("SERVICE_AREA_MAX_LAT", "89.9");
         let error = Config::from_env().unwrap_err().to_string();

@@ -276,6 +276,18 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
         .context("cannot set up the outbox relay (is JetStream enabled on NATS?)")?
         .with_health(health.clone());
         tasks.push(tokio::spawn(relay.run(stopped.clone())));
+        let signer = projections::audit_log::Signer::new(
+            pool.clone(),
+            Some(nats.clone()),
+            config.audit_signing_key()?,
+            projections::audit_log::AuditConfig {
+                head_interval: config.audit_tree_head_interval,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot set up the audit log (the AUDIT stream on JetStream)")?;
+        tasks.push(tokio::spawn(signer.run(stopped.clone())));
     }
 
     // The edge publishes drivers' pings to LOCATION and answers /v1/drivers/nearby.
