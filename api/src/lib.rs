@@ -21,6 +21,8 @@
 //!   notes pending proposals in [`ws::proposals`]); [`ws::state`] builds the pushes and
 //!   the `session_state` frame sent first on every connect.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`console`]: the operations console at `/console` (embedded page) and its
+//!   analyst-only endpoints under `/v1/console/` (live map feed, ride trace, audit).
 //!
 //! ## Invariants
 //! - One router ([`router`]) serves every endpoint, and `/openapi.json` is generated
@@ -36,6 +38,7 @@
 //!   the code is its job). Internal failures are logged and answered opaquely.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod ops;
 pub mod otp;
@@ -312,6 +315,9 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(reads::payments))
         .routes(routes!(reads::revenue))
         .routes(routes!(reads::nearby))
+        .routes(routes!(console::live::live))
+        .routes(routes!(console::views::trace))
+        .routes(routes!(console::views::audit))
         .split_for_parts()
 }
 
@@ -326,6 +332,7 @@ pub fn router(state: AppState) -> Router {
     let doc = Arc::new(doc);
     routes
         .route("/ws", get(ws::upgrade))
+        .merge(console::assets::router())
         .route(
             "/openapi.json",
             get(move || {
