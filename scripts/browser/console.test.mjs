@@ -122,7 +122,7 @@ await check(`the map stays responsive with ${bigDrivers} more drivers`, async ()
   results.bench = bench;
   console.log(`     ${bench.drivers} drivers: draw mean ${bench.draw.mean} ms, p95 ${bench.draw.p95} ms; ` +
     `frame mean ${bench.frame.mean} ms, p95 ${bench.frame.p95} ms`);
-  await page.screenshot({ path: `${out}/console-10k.png` });
+  await page.screenshot({ path: `${out}/console-10k.png`, fullPage: true });
   if (bench.drivers < bigDrivers) throw new Error(`only ${bench.drivers} drivers drawn`);
   if (bench.draw.p95 > 50) throw new Error(`draw p95 ${bench.draw.p95} ms is over 50 ms`);
 });
