@@ -218,7 +218,7 @@ async function searchRides(cursor) {
     }
     nextCursor = page.next_cursor || null;
     $("rides-next").disabled = !nextCursor;
-    message("rides-message", page.rides.length ? `${page.rides.length} rides${nextCursor ? ", more on the next page" : ""}` : "no ride matches these filters");
+    message("rides-message", page.rides.length ? `${page.rides.length} ride${page.rides.length === 1 ? "" : "s"}${nextCursor ? ", more on the next page" : ""}` : "no ride matches these filters");
   } catch (err) {
     handle(err, "rides-message");
   }
@@ -302,9 +302,16 @@ async function revenue() {
   const from = new Date(to.getTime() - (bucket === "hour" ? 24 * 3600e3 : 30 * 86400e3));
   try {
     const r = await call(`/v1/analytics/revenue?bucket=${bucket}&from=${from.toISOString()}&to=${to.toISOString()}`);
-    const labels = r.buckets.map((b) => (bucket === "hour" ? b.bucket_start.slice(11, 16) : b.bucket_start.slice(5, 10)));
-    bars($("chart-rides"), labels, r.buckets.map((b) => b.rides), PALETTE[0]);
-    bars($("chart-revenue"), labels, r.buckets.map((b) => b.revenue), PALETTE[1]);
+    // Every bucket of the period, the empty ones too, so a bar's width means its time.
+    const width = bucket === "hour" ? 3600e3 : 86400e3;
+    const byStart = new Map(r.buckets.map((b) => [new Date(b.bucket_start).getTime(), b]));
+    const slots = [];
+    for (let t = Math.floor(from.getTime() / width) * width; t < to.getTime(); t += width) slots.push(t);
+    const at = (t) => byStart.get(t) || { rides: 0, revenue: 0 };
+    const labels = slots.map((t) => new Date(t).toISOString().slice(bucket === "hour" ? 11 : 5, 16).slice(0, 5));
+    const hasData = r.buckets.length > 0;
+    bars($("chart-rides"), labels, hasData ? slots.map((t) => at(t).rides) : [], PALETTE[0]);
+    bars($("chart-revenue"), labels, hasData ? slots.map((t) => at(t).revenue) : [], PALETTE[1]);
   } catch (err) {
     handle(err, "rides-message");
   }
