@@ -22,6 +22,8 @@
 //!   the `session_state` frame sent first on every connect.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; served on the edge's address or, with
 //!   [`public_router`] and [`ops_router`], on an operators' address of their own.
+//! - [`console`]: the operations console at `/console` (embedded page) and its
+//!   analyst-only endpoints under `/v1/console/` (live map feed, ride trace, audit).
 //!
 //! ## Invariants
 //! - One router ([`router`]) serves every endpoint, and `/openapi.json` is generated
@@ -37,6 +39,7 @@
 //!   the code is its job). Internal failures are logged and answered opaquely.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod ops;
 pub mod otp;
@@ -332,6 +335,9 @@ fn routes(with_ops: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(reads::payments))
         .routes(routes!(reads::revenue))
         .routes(routes!(reads::nearby))
+        .routes(routes!(console::live::live))
+        .routes(routes!(console::views::trace))
+        .routes(routes!(console::views::audit))
         .split_for_parts()
 }
 
@@ -353,6 +359,7 @@ pub fn public_router(state: AppState, with_ops: bool) -> Router {
     let doc = Arc::new(doc);
     routes
         .route("/ws", get(ws::upgrade))
+        .merge(console::assets::router())
         .route(
             "/openapi.json",
             get(move || {

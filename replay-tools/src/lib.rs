@@ -9,6 +9,7 @@
 //! - [`report`]: the JSON reports of `verify --json` and `billing period --json`;
 //! - [`audit_log`]: `audit verify --receipt`, a signed tree head an auditor kept
 //!   checked against the events (the proofs themselves are `projections::audit_log`);
+//! - [`runs`]: each `verify` run recorded in the table `verify_runs`;
 //! - this module: the chain checks themselves ([`verify_stream`], [`verify_chains`]).
 //!
 //! Rebuilds are `projections::rebuild`, driven by the binary with a progress bar.
@@ -25,6 +26,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod billing;
 pub mod report;
+pub mod runs;
 
 use std::collections::HashMap;
 
