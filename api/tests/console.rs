@@ -50,6 +50,7 @@ async fn console_state(app: &App) -> (AppState, GeoIndex) {
             metrics: None,
             location: None,
             geo: Some(geo.clone()),
+            health: Default::default(),
         },
     );
     (state, geo)
@@ -281,6 +282,7 @@ fn app_state_with(app: &App, geo: &GeoIndex) -> AppState {
             metrics: None,
             location: None,
             geo: Some(geo.clone()),
+            health: Default::default(),
         },
     )
 }
