@@ -208,6 +208,13 @@ impl App {
                 match reply["type"].as_str() {
                     Some("_disconnected") => continue 'send,
                     Some("ack") if reply["id"] == id => {
+                        // A refused-for-rate command wrote nothing: wait as the server
+                        // says and send it again, as an app would.
+                        if reply["error"]["code"] == "rate_limited" {
+                            let wait = reply["error"]["retry_after_ms"].as_u64().unwrap_or(50);
+                            tokio::time::sleep(std::time::Duration::from_millis(wait.max(1))).await;
+                            continue 'send;
+                        }
                         let ok = reply["ok"] == true;
                         let body = if ok {
                             reply["result"].clone()
