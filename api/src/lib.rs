@@ -145,6 +145,7 @@ struct Inner {
     metrics: Option<PrometheusHandle>,
     location: Option<projections::location::LocationPublisher>,
     geo: Option<projections::geo::GeoIndex>,
+    health: migrations::consumers::Health,
 }
 
 impl std::fmt::Debug for Inner {
@@ -209,8 +210,28 @@ impl AppState {
                 metrics: deps.metrics,
                 location: deps.location,
                 geo: deps.geo,
+                health: migrations::consumers::Health::default(),
             }),
         }
+    }
+
+    /// This state reporting `health`, the registry the process's consumers report
+    /// their stalls to (`/readyz` answers 503 while any is stalled). Call it on the
+    /// state [`AppState::new`] returned, before cloning it.
+    ///
+    /// # Panics
+    /// If the state was cloned already (a programming error at start-up).
+    #[must_use]
+    pub fn with_health(mut self, health: migrations::consumers::Health) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_health is called before the state is shared")
+            .health = health;
+        self
+    }
+
+    /// The registry of this process's stalled consumers.
+    pub fn health(&self) -> &migrations::consumers::Health {
+        &self.inner.health
     }
 
     /// The settings.

@@ -341,7 +341,10 @@ async fn operator_endpoints_and_the_generated_openapi_document() {
     assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("ok")));
     let (status, body) = app.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"postgres": true, "nats": true, "redis": true}));
+    assert_eq!(
+        body,
+        json!({"postgres": true, "nats": true, "redis": true, "stalled": []})
+    );
     let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let paths = doc["paths"].as_object().unwrap();

@@ -57,6 +57,9 @@ pub struct Config {
     /// another on the same NATS (a test, a demo) uses its own, so neither serves the
     /// other's commands against the wrong database.
     pub command_subject_prefix: String,
+    /// `CONSUMER_RETRY_MIN_MS` (100) and `CONSUMER_RETRY_MAX_MS` (30000): the capped,
+    /// jittered backoff of a consumer stalled at an event it cannot handle.
+    pub consumer_retry: migrations::consumers::Backoff,
 }
 
 impl std::fmt::Debug for Config {
@@ -239,8 +242,22 @@ impl Config {
             auth_dev_echo_otp: parse("AUTH_DEV_ECHO_OTP", false)?,
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
             command_subject_prefix,
+            consumer_retry: consumer_retry()?,
         })
     }
+}
+
+fn consumer_retry() -> anyhow::Result<migrations::consumers::Backoff> {
+    let default = migrations::consumers::Backoff::default();
+    let min: u64 = parse("CONSUMER_RETRY_MIN_MS", default.min.as_millis() as u64)?;
+    let max: u64 = parse("CONSUMER_RETRY_MAX_MS", default.max.as_millis() as u64)?;
+    migrations::consumers::Backoff::new(
+        std::time::Duration::from_millis(min),
+        std::time::Duration::from_millis(max),
+    )
+    .with_context(|| {
+        format!("CONSUMER_RETRY_MIN_MS={min} must be positive and at most CONSUMER_RETRY_MAX_MS={max}")
+    })
 }
 
 #[cfg(test)]
@@ -282,6 +299,21 @@ mod tests {
         std::env::set_var("COMMAND_SUBJECT_PREFIX", "blue.");
         assert_eq!(Config::from_env().unwrap().command_subject_prefix, "blue.");
         std::env::remove_var("COMMAND_SUBJECT_PREFIX");
+
+        let retry = Config::from_env().unwrap().consumer_retry;
+        assert_eq!(retry, migrations::consumers::Backoff::default());
+        std::env::set_var("CONSUMER_RETRY_MIN_MS", "0");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("CONSUMER_RETRY_MIN_MS"), "{error}");
+        std::env::set_var("CONSUMER_RETRY_MIN_MS", "500");
+        std::env::set_var("CONSUMER_RETRY_MAX_MS", "200");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("CONSUMER_RETRY_MAX_MS"), "{error}");
+        std::env::set_var("CONSUMER_RETRY_MAX_MS", "2000");
+        let retry = Config::from_env().unwrap().consumer_retry;
+        assert_eq!((retry.min.as_millis(), retry.max.as_millis()), (500, 2000));
+        std::env::remove_var("CONSUMER_RETRY_MIN_MS");
+        std::env::remove_var("CONSUMER_RETRY_MAX_MS");
         std::env::remove_var("APP_ENV");
     }
 }

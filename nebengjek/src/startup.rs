@@ -176,6 +176,11 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Every consumer of this process reports its stalls here; `/readyz` reads it.
+    let supervision = migrations::consumers::Supervision {
+        health: migrations::consumers::Health::default(),
+        backoff: config.consumer_retry,
+    };
     if matches!(role, Role::All | Role::Commands) {
         let (client, bus, stopped) = (nats.clone(), bus.clone(), stopped.clone());
         let prefix = config.command_subject_prefix.clone();
@@ -188,19 +193,21 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
     if matches!(role, Role::All | Role::Matcher) {
         tasks.push(tokio::spawn(commands::process::run_ride_creator(
             bus.clone(),
+            supervision.clone(),
             stopped.clone(),
         )));
         tasks.push(tokio::spawn(commands::process::run_deadlines(
             bus.clone(),
+            supervision.clone(),
             stopped.clone(),
         )));
         tasks.extend(spawn_geo(
             &config,
-            &pool,
             &nats,
             redis.clone(),
             store_id,
             &bus,
+            &supervision,
             &stopped,
         ));
     }
@@ -209,9 +216,10 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             Arc::new(projections::RidesProjector),
             Arc::new(projections::MatchesProjector),
         ];
-        tasks.push(tokio::spawn(projections::run(
+        tasks.push(tokio::spawn(projections::run_supervised(
             pool.clone(),
             projectors,
+            supervision.clone(),
             stopped.clone(),
         )));
         let relay = projections::relay::Relay::new(
@@ -225,7 +233,9 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
         )
         .await
         .context("cannot set up the outbox relay (is JetStream enabled on NATS?)")?;
-        tasks.push(tokio::spawn(relay.run(stopped.clone())));
+        tasks.push(tokio::spawn(
+            relay.run_supervised(supervision.clone(), stopped.clone()),
+        ));
     }
 
     // The edge publishes drivers' pings to LOCATION and answers /v1/drivers/nearby.
@@ -254,7 +264,8 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             location: Some(location_publisher),
             geo: Some(geo_index),
         },
-    );
+    )
+    .with_health(supervision.health.clone());
     let registry = state.registry().clone();
     let app = if serves_api {
         tasks.push(
@@ -320,11 +331,11 @@ pub fn without_nagle(
 /// The location consumer with the Redis geo projection, and the matcher.
 fn spawn_geo(
     config: &Config,
-    pool: &PgPool,
     nats: &async_nats::Client,
     redis: redis::aio::ConnectionManager,
     store_id: uuid::Uuid,
     bus: &CommandBus,
+    supervision: &migrations::consumers::Supervision,
     stopped: &watch::Receiver<bool>,
 ) -> [tokio::task::JoinHandle<()>; 2] {
     let js = async_nats::jetstream::new(nats.clone());
@@ -336,7 +347,7 @@ fn spawn_geo(
         projections::geo::system_now(),
     );
     let projection = projections::location::GeoProjection {
-        pool: pool.clone(),
+        pool: bus.store().pool().clone(),
         js: js.clone(),
         stream: location.stream.clone(),
         consumer: projections::location::consumer_name(store_id),
@@ -350,6 +361,7 @@ fn spawn_geo(
     [
         tokio::spawn(projections::location::run_until_stopped(
             projection,
+            supervision.clone(),
             stopped.clone(),
         )),
         tokio::spawn(commands::matcher::run(

@@ -6,6 +6,7 @@
 //!   events and compared with the read models; a ride as it stood at a moment;
 //! - [`audit`]: `verify` — every hash chain, and rides / billing_ledger / payments
 //!   folded from the events and diffed with the live tables, in one pass;
+//! - [`status`]: every consumer of the feed, its checkpoint, lag, stall and last error;
 //! - this module: the chain checks themselves ([`verify_stream`], [`verify_chains`]).
 //!
 //! Rebuilds are `projections::rebuild`, driven by the binary with a progress bar.
@@ -19,6 +20,7 @@
 
 pub mod audit;
 pub mod billing;
+pub mod status;
 
 use std::collections::HashMap;
 
