@@ -69,7 +69,8 @@ impl Kind {
 pub struct Backoff {
     /// The first delay (`CONSUMER_RETRY_MIN_MS`, 100 ms).
     pub min: Duration,
-    /// The longest delay (`CONSUMER_RETRY_MAX_MS`, 30 s).
+    /// The longest delay (`CONSUMER_RETRY_MAX_MS`, 5 s): also how late, at most, a
+    /// consumer notices that a dependency is back after an outage.
     pub max: Duration,
 }
 
@@ -77,7 +78,7 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             min: Duration::from_millis(100),
-            max: Duration::from_secs(30),
+            max: Duration::from_secs(5),
         }
     }
 }

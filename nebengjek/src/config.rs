@@ -57,7 +57,7 @@ pub struct Config {
     /// another on the same NATS (a test, a demo) uses its own, so neither serves the
     /// other's commands against the wrong database.
     pub command_subject_prefix: String,
-    /// `CONSUMER_RETRY_MIN_MS` (100) and `CONSUMER_RETRY_MAX_MS` (30000): the capped,
+    /// `CONSUMER_RETRY_MIN_MS` (100) and `CONSUMER_RETRY_MAX_MS` (5000): the capped,
     /// jittered backoff of a consumer stalled at an event it cannot handle.
     pub consumer_retry: migrations::consumers::Backoff,
 }
