@@ -4,7 +4,10 @@
 : "${DATABASE_URL:=postgres://postgres@127.0.0.1:5432/nebengjek}"
 : "${REDIS_URL:=redis://127.0.0.1:6379}"
 : "${NATS_URL:=nats://127.0.0.1:4222}"
-export DATABASE_URL REDIS_URL NATS_URL
+# The scripts run on a developer's machine or in CI: development, said explicitly (an
+# unset APP_ENV is production, which refuses the development secret).
+: "${APP_ENV:=development}"
+export DATABASE_URL REDIS_URL NATS_URL APP_ENV
 
 log() { echo "$*"; }
 die() { echo "error: $*" >&2; exit 1; }

@@ -107,7 +107,7 @@ impl ApiError {
             ),
             ApiError::Unauthorized(message) => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized".into(),
+                ErrorCode::Unauthorized.as_str().into(),
                 message.clone(),
                 None,
             ),
@@ -145,6 +145,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::PlateTaken
         | ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -213,6 +214,7 @@ mod tests {
             (ErrorCode::NotFound, 404),
             (ErrorCode::PlateTaken, 409),
             (ErrorCode::RateLimited, 429),
+            (ErrorCode::Unauthorized, 401),
             (ErrorCode::Internal, 500),
         ];
         for (code, status) in cases {

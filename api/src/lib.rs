@@ -20,7 +20,10 @@
 //!   their open sockets; [`ws::feed`] turns the JetStream event feed into pushes (and
 //!   notes pending proposals in [`ws::proposals`]); [`ws::state`] builds the pushes and
 //!   the `session_state` frame sent first on every connect.
-//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; served on the edge's address or, with
+//!   [`public_router`] and [`ops_router`], on an operators' address of their own.
+//! - [`console`]: the operations console at `/console` (embedded page) and its
+//!   analyst-only endpoints under `/v1/console/` (live map feed, ride trace, audit).
 //!
 //! ## Invariants
 //! - One router ([`router`]) serves every endpoint, and `/openapi.json` is generated
@@ -36,9 +39,11 @@
 //!   the code is its job). Internal failures are logged and answered opaquely.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod ops;
 pub mod otp;
+pub mod protocol;
 pub mod reads;
 pub mod sms;
 pub mod token;
@@ -90,6 +95,8 @@ pub struct ApiConfig {
     pub max_frame_bytes: usize,
     /// The business parameters (for `fare_estimate`).
     pub policy: Policy,
+    /// The bounds of the analysts' queries.
+    pub analyst: reads::AnalystLimits,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -120,6 +127,7 @@ impl ApiConfig {
             events_subject_prefix: "events".into(),
             max_frame_bytes: 64 * 1024,
             policy: Policy::default(),
+            analyst: reads::AnalystLimits::default(),
         }
     }
 }
@@ -145,7 +153,8 @@ struct Inner {
     metrics: Option<PrometheusHandle>,
     location: Option<projections::location::LocationPublisher>,
     geo: Option<projections::geo::GeoIndex>,
-    health: migrations::consumers::Health,
+    consumers: migrations::consumers::Health,
+    health: projections::health::Health,
 }
 
 impl std::fmt::Debug for Inner {
@@ -177,6 +186,8 @@ pub struct Dependencies {
     pub location: Option<projections::location::LocationPublisher>,
     /// The available-drivers index, for `GET /v1/drivers/nearby`.
     pub geo: Option<projections::geo::GeoIndex>,
+    /// The components of this process that stopped on purpose (`/readyz` names them).
+    pub health: projections::health::Health,
 }
 
 impl std::fmt::Debug for Dependencies {
@@ -210,7 +221,8 @@ impl AppState {
                 metrics: deps.metrics,
                 location: deps.location,
                 geo: deps.geo,
-                health: migrations::consumers::Health::default(),
+                consumers: migrations::consumers::Health::default(),
+                health: deps.health,
             }),
         }
     }
@@ -222,16 +234,16 @@ impl AppState {
     /// # Panics
     /// If the state was cloned already (a programming error at start-up).
     #[must_use]
-    pub fn with_health(mut self, health: migrations::consumers::Health) -> Self {
+    pub fn with_consumers(mut self, consumers: migrations::consumers::Health) -> Self {
         Arc::get_mut(&mut self.inner)
-            .expect("with_health is called before the state is shared")
-            .health = health;
+            .expect("with_consumers is called before the state is shared")
+            .consumers = consumers;
         self
     }
 
     /// The registry of this process's stalled consumers.
-    pub fn health(&self) -> &migrations::consumers::Health {
-        &self.inner.health
+    pub fn consumers(&self) -> &migrations::consumers::Health {
+        &self.inner.consumers
     }
 
     /// The settings.
@@ -290,6 +302,10 @@ impl AppState {
     pub fn geo(&self) -> Option<&projections::geo::GeoIndex> {
         self.inner.geo.as_ref()
     }
+    /// The components of this process that stopped on purpose.
+    pub fn health(&self) -> &projections::health::Health {
+        &self.inner.health
+    }
 }
 
 #[derive(OpenApi)]
@@ -316,12 +332,19 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
-/// The router's routes and the OpenAPI document generated from them.
-fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
+/// The router's routes and the OpenAPI document generated from them; the operator
+/// endpoints only with `with_ops`.
+fn routes(with_ops: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let router = OpenApiRouter::with_openapi(ApiDoc::openapi());
+    let router = if with_ops {
+        router
+            .routes(routes!(ops::healthz))
+            .routes(routes!(ops::readyz))
+            .routes(routes!(ops::metrics))
+    } else {
+        router
+    };
+    router
         .routes(routes!(auth::request_otp))
         .routes(routes!(auth::issue_token))
         .routes(routes!(auth::me))
@@ -333,20 +356,31 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(reads::payments))
         .routes(routes!(reads::revenue))
         .routes(routes!(reads::nearby))
+        .routes(routes!(console::live::live))
+        .routes(routes!(console::views::trace))
+        .routes(routes!(console::views::audit))
         .split_for_parts()
 }
 
 /// The OpenAPI document of every HTTP endpoint.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().1
+    routes(true).1
 }
 
-/// The one router: HTTP, `/ws`, `/openapi.json`.
+/// The one router: HTTP, `/ws`, `/openapi.json` and the operator endpoints.
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = routes();
+    public_router(state, true)
+}
+
+/// The edge's router; with `with_ops` false the operator endpoints (`/healthz`,
+/// `/readyz`, `/metrics`) are left out, for a process that serves them on their own
+/// address (`OPS_ADDR`, [`ops_router`]) where the public cannot reach them.
+pub fn public_router(state: AppState, with_ops: bool) -> Router {
+    let (routes, doc) = routes(with_ops);
     let doc = Arc::new(doc);
     routes
         .route("/ws", get(ws::upgrade))
+        .merge(console::assets::router())
         .route(
             "/openapi.json",
             get(move || {

@@ -1,6 +1,7 @@
-//! Operator endpoints: `/healthz`, `/readyz` (PostgreSQL, NATS, Redis, and no stalled
-//! consumer in this process), `/metrics`.
+//! Operator endpoints: `/healthz`, `/readyz` (PostgreSQL, NATS, Redis, no component
+//! stopped and no stalled consumer in this process), `/metrics`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -37,6 +38,9 @@ pub struct Readiness {
     /// manager, deadline scheduler) that are stopped at an event they cannot handle;
     /// empty when all move.
     pub stalled: Vec<StalledComponent>,
+    /// Components of this process that stopped on purpose, each with its reason
+    /// (`relay`: the stream's tail is not the store's event). Empty when all run.
+    pub stopped: BTreeMap<String, String>,
 }
 
 /// A consumer stopped at an event (see `replay-tools status` for every process's).
@@ -75,7 +79,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let ping = async move { redis::cmd("PING").query_async::<String>(&mut con).await };
     let redis = matches!(tokio::time::timeout(within, ping).await, Ok(Ok(ref p)) if p == "PONG");
     let stalled: Vec<StalledComponent> = state
-        .health()
+        .consumers()
         .stalls()
         .into_iter()
         .map(|s| StalledComponent {
@@ -87,7 +91,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             attempts: s.attempts,
         })
         .collect();
-    let status = if postgres && nats && redis && stalled.is_empty() {
+    let stopped = state.health().stopped();
+    let status = if postgres && nats && redis && stalled.is_empty() && stopped.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -99,6 +104,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             nats,
             redis,
             stalled,
+            stopped,
         }),
     )
 }

@@ -24,6 +24,134 @@ pub const DEFAULT_LIMIT: i64 = 50;
 /// The largest page.
 pub const MAX_LIMIT: i64 = 500;
 
+/// The bounds of every analyst query (docs/security.md, "Hostile input and abuse
+/// limits"): a query that asks for more is refused with `validation_failed` before it
+/// reaches PostgreSQL, and one that still runs too long is cancelled by PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnalystLimits {
+    /// `ANALYST_MAX_RANGE_DAYS` (366): the longest `from`..`to` span (a missing `to` is
+    /// now).
+    pub max_range: TimeDelta,
+    /// `ANALYST_MAX_PAGE` (500): the largest `limit`.
+    pub max_page: i64,
+    /// `ANALYST_STATEMENT_TIMEOUT_MS` (5000): PostgreSQL's `statement_timeout` for each
+    /// analyst query.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for AnalystLimits {
+    fn default() -> Self {
+        Self {
+            max_range: TimeDelta::days(366),
+            max_page: MAX_LIMIT,
+            statement_timeout_ms: 5000,
+        }
+    }
+}
+
+impl AnalystLimits {
+    /// The page size asked for, within bounds (`default` when absent).
+    fn page(&self, limit: Option<i64>, default: i64) -> Result<i64, ApiError> {
+        match limit {
+            None => Ok(default.min(self.max_page)),
+            Some(n) if (1..=self.max_page).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::validation(format!(
+                "limit must be between 1 and {}",
+                self.max_page
+            ))),
+        }
+    }
+
+    /// `from`..`to` (a missing `to` is `now`) within the longest span.
+    fn range(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let Some(from) = from else {
+            return Ok(());
+        };
+        let to = to.unwrap_or(now);
+        if from >= to {
+            return Err(ApiError::validation("from must be before to"));
+        }
+        if to - from > self.max_range {
+            return Err(ApiError::validation(format!(
+                "from..to spans more than {} days; ask for a shorter range",
+                self.max_range.num_days()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An analyst query's transaction, with `SET LOCAL statement_timeout`: PostgreSQL
+/// cancels the query past the limit, and [`cancelled`] makes that a
+/// `validation_failed` (ask for less), never a 500.
+async fn bounded(state: &AppState) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    let mut tx = state.pool().begin().await?;
+    limit_transaction(&mut tx, state.config().analyst.statement_timeout_ms).await?;
+    Ok(tx)
+}
+
+/// A query cancelled by `statement_timeout` (SQLSTATE 57014) as `validation_failed`.
+fn cancelled(state: &AppState) -> impl Fn(sqlx::Error) -> ApiError + '_ {
+    move |error| match &error {
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("57014") => ApiError::validation(format!(
+            "the query ran longer than {} ms (ANALYST_STATEMENT_TIMEOUT_MS); narrow its filters or range",
+            state.config().analyst.statement_timeout_ms
+        )),
+        _ => error.into(),
+    }
+}
+
+/// The settings of an analyst query's transaction: `statement_timeout`, and custom plans
+/// only. A statement prepared on a pooled connection is planned generically after five
+/// runs, and a generic plan of `($1 IS NULL OR status = $1)` cannot use an index: with
+/// `force_custom_plan` every run is planned for its own filters.
+pub async fn limit_transaction(
+    conn: &mut sqlx::PgConnection,
+    statement_timeout_ms: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("SET LOCAL statement_timeout = {statement_timeout_ms}"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The statement of `GET /v1/rides` (the EXPLAIN test plans it).
+pub const RIDES_SQL: &str = "WHERE ($1::text IS NULL OR status = $1) \
+         AND ($2::uuid IS NULL OR driver_id = $2) AND ($3::uuid IS NULL OR passenger_id = $3) \
+         AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5) \
+         AND ($6::timestamptz IS NULL OR (created_at, ride_id) < ($6, $7)) \
+         ORDER BY created_at DESC, ride_id DESC LIMIT $8";
+
+/// The statement of `GET /v1/billing/ledger`.
+pub const LEDGER_SQL: &str = "SELECT entry_id, ride_id, kind, distance_km::float8 AS distance_km, cost, position, recorded_at \
+         FROM billing_ledger WHERE ($1::uuid IS NULL OR ride_id = $1) \
+         AND ($2::timestamptz IS NULL OR recorded_at >= $2) AND ($3::timestamptz IS NULL OR recorded_at < $3) \
+         ORDER BY position, entry_id LIMIT $4";
+
+/// The statement of `GET /v1/payments`.
+pub const PAYMENTS_SQL: &str =
+    "SELECT payment_id, ride_id, adjusted_cost, admin_fee, driver_payout, status, attempts, provider_ref, \
+         created_at, updated_at FROM payments WHERE ($1::text IS NULL OR status = $1) \
+         AND ($2::uuid IS NULL OR ride_id = $2) AND ($3::timestamptz IS NULL OR created_at >= $3) \
+         AND ($4::timestamptz IS NULL OR created_at < $4) ORDER BY created_at DESC, payment_id DESC LIMIT $5";
+
+/// The statement of `GET /v1/analytics/revenue`.
+pub const REVENUE_SQL: &str = "SELECT bucket_start, rides, revenue, admin_fees, driver_payouts, \
+         COALESCE(distance_km, 0)::float8 AS distance_km FROM analytics_revenue($1, $2, $3)";
+
+/// The full statement of `GET /v1/rides`.
+pub fn rides_sql() -> String {
+    format!("SELECT {RIDE_COLUMNS} FROM rides {RIDES_SQL}")
+}
+
 /// A row of `rides` (see `docs/read-models.md` for every column).
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct RideRow {
@@ -211,7 +339,9 @@ pub async fn rides(
     _analyst: Analyst,
     ApiQuery(query): ApiQuery<RidesQuery>,
 ) -> Result<Json<RidePage>, ApiError> {
-    let limit = limit_of(query.limit)?;
+    let limits = state.config().analyst;
+    let limit = limits.page(query.limit, DEFAULT_LIMIT)?;
+    limits.range(query.from, query.to, state.clock().now())?;
     let status = query.status.map(|s| s.to_ascii_uppercase());
     if let Some(status) = &status {
         if !RIDE_STATUSES.contains(&status.as_str()) {
@@ -222,23 +352,24 @@ pub async fn rides(
         }
     }
     let (before_at, before_id) = parse_cursor(query.cursor.as_deref())?;
-    let rows: Vec<RideRow> = sqlx::query_as(&format!(
-        "SELECT {RIDE_COLUMNS} FROM rides WHERE ($1::text IS NULL OR status = $1) \
-         AND ($2::uuid IS NULL OR driver_id = $2) AND ($3::uuid IS NULL OR passenger_id = $3) \
-         AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5) \
-         AND ($6::timestamptz IS NULL OR (created_at, ride_id) < ($6, $7)) \
-         ORDER BY created_at DESC, ride_id DESC LIMIT $8"
-    ))
-    .bind(status)
-    .bind(query.driver_id)
-    .bind(query.passenger_id)
-    .bind(query.from)
-    .bind(query.to)
-    .bind(before_at)
-    .bind(before_id)
-    .bind(limit)
-    .fetch_all(state.pool())
-    .await?;
+    let sql = rides_sql();
+    let rows: Vec<RideRow> = {
+        let mut tx = bounded(&state).await?;
+        let rows = sqlx::query_as(&sql)
+            .bind(status)
+            .bind(query.driver_id)
+            .bind(query.passenger_id)
+            .bind(query.from)
+            .bind(query.to)
+            .bind(before_at)
+            .bind(before_id)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(cancelled(&state))?;
+        tx.commit().await?;
+        rows
+    };
     Ok(Json(page(rows, limit)))
 }
 
@@ -292,19 +423,22 @@ pub async fn ledger(
     _analyst: Analyst,
     ApiQuery(query): ApiQuery<LedgerQuery>,
 ) -> Result<Json<Ledger>, ApiError> {
-    let limit = limit_of(query.limit.or(Some(MAX_LIMIT)))?;
-    let entries: Vec<LedgerRow> = sqlx::query_as(
-        "SELECT entry_id, ride_id, kind, distance_km::float8 AS distance_km, cost, position, recorded_at \
-         FROM billing_ledger WHERE ($1::uuid IS NULL OR ride_id = $1) \
-         AND ($2::timestamptz IS NULL OR recorded_at >= $2) AND ($3::timestamptz IS NULL OR recorded_at < $3) \
-         ORDER BY position, entry_id LIMIT $4",
-    )
-    .bind(query.ride_id)
-    .bind(query.from)
-    .bind(query.to)
-    .bind(limit)
-    .fetch_all(state.pool())
-    .await?;
+    let limits = state.config().analyst;
+    let limit = limits.page(query.limit, MAX_LIMIT)?;
+    limits.range(query.from, query.to, state.clock().now())?;
+    let entries: Vec<LedgerRow> = {
+        let mut tx = bounded(&state).await?;
+        let rows = sqlx::query_as(LEDGER_SQL)
+            .bind(query.ride_id)
+            .bind(query.from)
+            .bind(query.to)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(cancelled(&state))?;
+        tx.commit().await?;
+        rows
+    };
     let total = entries.iter().map(|e| e.cost).sum();
     Ok(Json(Ledger { entries, total }))
 }
@@ -365,21 +499,24 @@ pub async fn payments(
     _analyst: Analyst,
     ApiQuery(query): ApiQuery<PaymentsQuery>,
 ) -> Result<Json<Payments>, ApiError> {
-    let limit = limit_of(query.limit)?;
+    let limits = state.config().analyst;
+    let limit = limits.page(query.limit, DEFAULT_LIMIT)?;
+    limits.range(query.from, query.to, state.clock().now())?;
     let status = query.status.map(|s| s.to_ascii_uppercase());
-    let payments: Vec<PaymentRow> = sqlx::query_as(
-        "SELECT payment_id, ride_id, adjusted_cost, admin_fee, driver_payout, status, attempts, provider_ref, \
-         created_at, updated_at FROM payments WHERE ($1::text IS NULL OR status = $1) \
-         AND ($2::uuid IS NULL OR ride_id = $2) AND ($3::timestamptz IS NULL OR created_at >= $3) \
-         AND ($4::timestamptz IS NULL OR created_at < $4) ORDER BY created_at DESC, payment_id DESC LIMIT $5",
-    )
-    .bind(status)
-    .bind(query.ride_id)
-    .bind(query.from)
-    .bind(query.to)
-    .bind(limit)
-    .fetch_all(state.pool())
-    .await?;
+    let payments: Vec<PaymentRow> = {
+        let mut tx = bounded(&state).await?;
+        let rows = sqlx::query_as(PAYMENTS_SQL)
+            .bind(status)
+            .bind(query.ride_id)
+            .bind(query.from)
+            .bind(query.to)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(cancelled(&state))?;
+        tx.commit().await?;
+        rows
+    };
     Ok(Json(Payments { payments }))
 }
 
@@ -447,22 +584,23 @@ pub async fn revenue(
 ) -> Result<Json<Revenue>, ApiError> {
     let to = query.to.unwrap_or_else(|| state.clock().now());
     let from = query.from.unwrap_or(to - TimeDelta::days(7));
-    if from >= to {
-        return Err(ApiError::validation("from must be before to"));
-    }
+    state.config().analyst.range(Some(from), Some(to), to)?;
     let bucket = match query.bucket.unwrap_or(Bucket::Day) {
         Bucket::Hour => "hour",
         Bucket::Day => "day",
     };
-    let buckets: Vec<RevenueBucket> = sqlx::query_as(
-        "SELECT bucket_start, rides, revenue, admin_fees, driver_payouts, \
-         COALESCE(distance_km, 0)::float8 AS distance_km FROM analytics_revenue($1, $2, $3)",
-    )
-    .bind(bucket)
-    .bind(from)
-    .bind(to)
-    .fetch_all(state.pool())
-    .await?;
+    let buckets: Vec<RevenueBucket> = {
+        let mut tx = bounded(&state).await?;
+        let rows = sqlx::query_as(REVENUE_SQL)
+            .bind(bucket)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(cancelled(&state))?;
+        tx.commit().await?;
+        rows
+    };
     Ok(Json(Revenue {
         from,
         to,
@@ -518,6 +656,13 @@ pub async fn nearby(
         return Err(ApiError::not_found("this process has no geo index"));
     };
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let point = domain::GeoPoint::new(query.lat, query.lon).map_err(ApiError::Domain)?;
+    state
+        .config()
+        .policy
+        .service_area
+        .check(&point, "the point")
+        .map_err(ApiError::Domain)?;
     let found = geo
         .nearby(query.lat, query.lon, query.radius_km.unwrap_or(5.0), limit)
         .await

@@ -1,9 +1,8 @@
 //! Access tokens: JWT HS256 with the claims `sub`, `role`, `exp`, `iat`, `iss =
 //! "nebengjek"`, valid 24 hours, and the extractor that checks them.
 //!
-//! Expiry is checked against the injected clock, not the library's wall clock, so tests
-//! can make a token old without sleeping; the library still checks the signature, the
-//! algorithm, the issuer and that every claim is present.
+//! Signing lives here; checking is `commands::token`, shared with the NATS command
+//! ingress so that both accept exactly the same tokens.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,51 +11,19 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use chrono::{DateTime, TimeZone, Utc};
 use commands::clock::Clock;
+use commands::token::TokenVerifier;
+pub use commands::token::{Claims, TokenError, ISSUER};
 use domain::{Actor, Role, UserId};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::error::ApiError;
 use crate::AppState;
-
-/// The issuer claim.
-pub const ISSUER: &str = "nebengjek";
-
-/// A token's claims.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// The user id.
-    pub sub: Uuid,
-    /// `passenger`, `driver` or `analyst`.
-    pub role: Role,
-    /// Expiry, seconds since the epoch.
-    pub exp: i64,
-    /// Issued at, seconds since the epoch.
-    pub iat: i64,
-    /// Always `nebengjek`.
-    pub iss: String,
-}
-
-/// Why a token was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// Not a token of ours (signature, algorithm, issuer, claims).
-    #[error("invalid token: {0}")]
-    Invalid(String),
-    /// Past its `exp`.
-    #[error("the token has expired")]
-    Expired,
-    /// A role that no token may carry.
-    #[error("the token's role is not allowed")]
-    Role,
-}
 
 /// Signs and checks tokens.
 #[derive(Clone)]
 pub struct Tokens {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    verifier: TokenVerifier,
     ttl: Duration,
     clock: Arc<dyn Clock>,
 }
@@ -84,7 +51,7 @@ impl Tokens {
     pub fn new(secret: &[u8], ttl: Duration, clock: Arc<dyn Clock>) -> Self {
         Self {
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            verifier: TokenVerifier::new(secret, clock.clone()),
             ttl,
             clock,
         }
@@ -110,22 +77,12 @@ impl Tokens {
 
     /// The actor a token stands for.
     pub fn verify(&self, token: &str) -> Result<Actor, TokenError> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.validate_exp = false;
-        validation.leeway = 0;
-        validation.set_issuer(&[ISSUER]);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
-        if data.claims.exp <= self.clock.now().timestamp() {
-            return Err(TokenError::Expired);
-        }
-        match data.claims.role {
-            Role::Passenger | Role::Driver | Role::Analyst => {
-                Ok(Actor::new(UserId::from_uuid(data.claims.sub), data.claims.role))
-            }
-            Role::System => Err(TokenError::Role),
-        }
+        self.verifier.verify(token)
+    }
+
+    /// The checking half, for the NATS ingress.
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
     }
 }
 
@@ -137,8 +94,7 @@ pub struct Caller(pub Actor);
 /// The bearer token of a request's headers, if any.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    commands::token::bearer(value)
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -176,6 +132,7 @@ impl FromRequestParts<AppState> for Analyst {
 mod tests {
     use super::*;
     use commands::clock::ManualClock;
+    use uuid::Uuid;
 
     fn tokens(clock: Arc<ManualClock>) -> Tokens {
         Tokens::new(b"test-secret", Duration::from_secs(24 * 3600), clock)

@@ -343,8 +343,16 @@ async fn operator_endpoints_and_the_generated_openapi_document() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
-        json!({"postgres": true, "nats": true, "redis": true, "stalled": []})
+        json!({"postgres": true, "nats": true, "redis": true, "stalled": [], "stopped": {}})
     );
+    // A component that stopped on purpose turns it red, by name and reason.
+    app.state.health().stop("relay", "forged tail at position 7");
+    let (status, body) = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["stopped"]["relay"], "forged tail at position 7");
+    app.state.health().clear("relay");
+    let (status, _) = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
     let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let paths = doc["paths"].as_object().unwrap();

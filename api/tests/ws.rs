@@ -3,6 +3,7 @@
 //! limit, idempotent resends, the authorization matrix, and pushes driven by the event
 //! feed across two edge processes. Real PostgreSQL, NATS (JetStream) and Redis.
 
+mod schema_check;
 mod support;
 
 use std::net::SocketAddr;
@@ -52,7 +53,11 @@ async fn next(ws: &mut Ws) -> Value {
             .expect("the socket is open")
             .expect("a readable frame");
         match message {
-            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Text(text) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                schema_check::server_frame(&frame);
+                return frame;
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("unexpected {other:?}"),
         }
@@ -74,10 +79,12 @@ async fn send(ws: &mut Ws, frame: Value) {
 }
 
 async fn command(ws: &mut Ws, id: &str, kind: &str, data: Value) -> Value {
-    send(ws, json!({"type": kind, "id": id, "data": data})).await;
+    let sent = json!({"type": kind, "id": id, "data": data});
+    send(ws, sent.clone()).await;
     loop {
         let frame = next(ws).await;
         if frame["type"] == "ack" && frame["id"] == id {
+            schema_check::client_frame(&sent, &frame);
             return frame;
         }
     }

@@ -17,6 +17,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod audit;
 mod cqrs_baseline;
 mod geo;
 mod pipeline;
@@ -69,6 +70,23 @@ enum Suite {
         )]
         database_url: String,
     },
+    /// The audit log: tree maintenance per event, the tree for N events built from
+    /// scratch, inclusion and consistency proof latency.
+    Audit {
+        /// Fewer proof samples.
+        #[arg(long)]
+        quick: bool,
+        /// Events in the log.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: i64,
+        /// PostgreSQL server (the bench creates and drops its own database there).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/nebengjek"
+        )]
+        database_url: String,
+    },
     /// Nearest-5 search and location ingest vs plain Redis GEO commands.
     Geo {
         /// Bound the run to about two minutes.
@@ -105,6 +123,11 @@ async fn main() -> anyhow::Result<()> {
             events,
             database_url,
         } => projections::run(&database_url, quick, events).await,
+        Suite::Audit {
+            quick,
+            events,
+            database_url,
+        } => audit::run(&database_url, quick, events).await,
         Suite::Geo {
             quick,
             database_url,

@@ -25,6 +25,9 @@ pub struct AckError {
     pub code: ErrorCode,
     /// For people.
     pub message: String,
+    /// With `rate_limited`: how long to wait before sending again, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Ack {
@@ -45,6 +48,7 @@ impl Ack {
             error: Some(AckError {
                 code: error.code,
                 message: error.message.clone(),
+                retry_after_ms: None,
             }),
         }
     }
@@ -52,6 +56,19 @@ impl Ack {
     /// A refusal from a code and a message.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::refused(&DomainError::new(code, message))
+    }
+
+    /// `rate_limited`, with the time until the sender may try again.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut ack = Self::error(
+            ErrorCode::RateLimited,
+            format!("too many commands; try again in {retry_after_ms} ms"),
+        );
+        if let Some(error) = ack.error.as_mut() {
+            error.retry_after_ms = Some(retry_after_ms);
+        }
+        ack
     }
 
     /// The error code, if refused.

@@ -33,6 +33,8 @@ struct Inner {
     positions: Arc<dyn Positions>,
     payments: Arc<dyn PaymentProvider>,
     clock: Arc<dyn Clock>,
+    policy: Arc<Policy>,
+    rate: crate::rate::CommandRate,
 }
 
 impl CommandBus {
@@ -48,12 +50,26 @@ impl CommandBus {
         Self {
             inner: Arc::new(Inner {
                 rides: Handler::new(store.clone(), policy.clone(), clock.clone(), CACHE_CAPACITY),
-                matches: Handler::new(store, policy, clock.clone(), CACHE_CAPACITY),
+                matches: Handler::new(store, policy.clone(), clock.clone(), CACHE_CAPACITY),
                 positions,
                 payments,
                 clock,
+                policy,
+                rate: crate::rate::CommandRate::unlimited(),
             }),
         }
+    }
+
+    /// The bus with a per-user command rate (see [`crate::rate`]). Called once, right
+    /// after [`CommandBus::new`], before the bus is cloned.
+    ///
+    /// # Panics
+    /// When the bus was already cloned.
+    #[must_use]
+    pub fn with_command_rate(mut self, limit: crate::rate::RateLimit) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("configure the command rate before cloning the bus");
+        inner.rate = crate::rate::CommandRate::new(limit);
+        self
     }
 
     /// The ride handler.
@@ -85,6 +101,12 @@ impl CommandBus {
     /// client's id for it (the WebSocket frame id, the NATS command id): with the
     /// actor's user id it makes the command idempotent.
     pub async fn dispatch(&self, actor: Actor, command_id: Option<&str>, command: ClientCommand) -> Ack {
+        if actor.role != Role::System {
+            if let Err(retry_after) = self.inner.rate.take(actor.user_id, std::time::Instant::now()) {
+                metrics::counter!("nebengjek_commands_rate_limited_total").increment(1);
+                return Ack::rate_limited(retry_after);
+            }
+        }
         let env = Envelope::from_user(actor, command_id);
         match self.handle(&env, command).await {
             Ok(ack) => ack,
@@ -120,9 +142,7 @@ impl CommandBus {
             }
             ClientCommand::CancelMatch => {
                 let Some(match_id) = self.open_aggregate(actor, "match").await? else {
-                    return self
-                        .refuse_logged(env, DomainError::not_found("no open match to cancel"))
-                        .await;
+                    return Ok(refuse_unknown(DomainError::not_found("no open match to cancel")));
                 };
                 self.on_match(match_id, env, MatchCommand::Cancel { actor }).await
             }
@@ -208,9 +228,9 @@ impl CommandBus {
                             })
                             .await?;
                         if named && !domain::Aggregate::exists(&loaded.state) {
-                            return self
-                                .refuse_logged(env, DomainError::not_found(format!("no ride {ride_id}")))
-                                .await;
+                            return Ok(refuse_unknown(DomainError::not_found(format!(
+                                "no ride {ride_id}"
+                            ))));
                         }
                         if named || loaded.state.status() == "IN_PROGRESS" {
                             let cmd = RideCommand::RecordTripPoint {
@@ -228,6 +248,11 @@ impl CommandBus {
                     }
                 }
                 if ack.ok {
+                    // A trip point was checked by the ride; a bare position is checked
+                    // here (the same domain check, `ServiceArea::check`).
+                    if let Err(refusal) = self.inner.policy.service_area.check(&point, "location") {
+                        return Ok(Ack::refused(&refusal));
+                    }
                     self.inner.positions.record(actor.user_id, point, now).await;
                 }
                 Ok(ack)
@@ -238,6 +263,9 @@ impl CommandBus {
                         "only drivers send beacon updates",
                     )));
                 }
+                if let Err(refusal) = self.inner.policy.service_area.check(&point, "beacon") {
+                    return Ok(Ack::refused(&refusal));
+                }
                 let now = self.inner.clock.now();
                 self.inner.positions.record(actor.user_id, point, now).await;
                 Ok(Ack::ok(json!({})))
@@ -247,9 +275,7 @@ impl CommandBus {
 
     async fn on_match(&self, id: Uuid, env: &Envelope, cmd: MatchCommand) -> Result<Ack, PipelineError> {
         if !exists(&self.inner.matches.load_unless(id, exists).await?) {
-            return self
-                .refuse_logged(env, DomainError::not_found(format!("no match {id}")))
-                .await;
+            return Ok(refuse_unknown(DomainError::not_found(format!("no match {id}"))));
         }
         Ok(answer(self.inner.matches.execute(id, env, &cmd).await?))
     }
@@ -257,9 +283,7 @@ impl CommandBus {
     async fn on_ride(&self, ride_id: RideId, env: &Envelope, cmd: RideCommand) -> Result<Ack, PipelineError> {
         let id = ride_id.as_uuid();
         if !exists(&self.inner.rides.load_unless(id, exists).await?) {
-            return self
-                .refuse_logged(env, DomainError::not_found(format!("no ride {id}")))
-                .await;
+            return Ok(refuse_unknown(DomainError::not_found(format!("no ride {id}"))));
         }
         Ok(answer(self.inner.rides.execute(id, env, &cmd).await?))
     }
@@ -281,9 +305,7 @@ impl CommandBus {
         let id = ride_id.as_uuid();
         let loaded = self.inner.rides.load(id).await?;
         if !domain::Aggregate::exists(&loaded.state) {
-            return self
-                .refuse_logged(env, DomainError::not_found(format!("no ride {id}")))
-                .await;
+            return Ok(refuse_unknown(DomainError::not_found(format!("no ride {id}"))));
         }
         let outcome = if !accepted {
             PaymentOutcome::Declined
@@ -327,12 +349,8 @@ impl CommandBus {
             .map(|(_, id)| id))
     }
 
-    /// A refusal that is logged for the command id (so a resend gets it again), without
-    /// going through an aggregate.
-    async fn refuse_logged(&self, env: &Envelope, refusal: DomainError) -> Result<Ack, PipelineError> {
-        self.refuse_logged_on_ride(Uuid::nil(), env, refusal).await
-    }
-
+    /// A refusal on an existing ride that is logged for the command id (so a resend gets
+    /// it again), without going through the aggregate.
     async fn refuse_logged_on_ride(
         &self,
         id: Uuid,
@@ -359,6 +377,15 @@ impl CommandBus {
             _ => ack,
         })
     }
+}
+
+/// A refusal of an id that names nothing (`not_found`): answered, never written to
+/// `command_log`. It has no effect to repeat, so a resend may be answered afresh; and a
+/// client making up ids costs a read, not a row (docs/security.md, "Hostile input and
+/// abuse limits").
+fn refuse_unknown(refusal: DomainError) -> Ack {
+    metrics::counter!("nebengjek_commands_unknown_id_total").increment(1);
+    Ack::refused(&refusal)
 }
 
 /// Whether the aggregate exists; once true it stays true, so a cached "yes" is settled

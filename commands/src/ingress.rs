@@ -273,18 +273,21 @@ impl ClientCommand {
     }
 }
 
-/// The NATS command envelope: `{command_id, actor {user_id, role}, data}`.
+/// The NATS command envelope: `{command_id, data}`, and optionally `actor {user_id,
+/// role}`. The actor is the token's (the `Authorization` header); an `actor` in the body
+/// is only compared with it ([`NatsEnvelope::check_actor`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct NatsEnvelope {
     /// The sender's command id (the idempotency key, with the user id).
     pub command_id: String,
-    /// Who sends it.
-    pub actor: NatsActor,
+    /// Who the sender says it is, if it says; never trusted.
+    #[serde(default)]
+    pub actor: Option<NatsActor>,
     /// The command's fields, as in the WebSocket frame.
     pub data: Value,
 }
 
-/// The actor of a NATS command.
+/// The actor field of a NATS command.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct NatsActor {
     /// The user.
@@ -308,9 +311,15 @@ impl NatsEnvelope {
         Ok(envelope)
     }
 
-    /// The actor.
-    pub fn actor(&self) -> Actor {
-        Actor::new(self.actor.user_id, self.actor.role)
+    /// `forbidden` when the body names an actor other than `token_actor`, the one the
+    /// token stands for (SPEC.md §4 "NATS").
+    pub fn check_actor(&self, token_actor: Actor) -> Result<(), DomainError> {
+        match self.actor {
+            Some(claimed) if Actor::new(claimed.user_id, claimed.role) != token_actor => Err(
+                DomainError::forbidden("the envelope's actor is not the token's subject and role"),
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -403,8 +412,35 @@ mod tests {
 
     #[test]
     fn envelopes_that_are_not_envelopes_are_invalid_payload() {
-        for bad in [&b"not json"[..], br#"{"command_id": "1"}"#, br#"{"command_id": "", "actor": {"user_id": "00000000-0000-0000-0000-000000000000", "role": "driver"}, "data": {}}"#] {
-            assert_eq!(NatsEnvelope::parse(bad).unwrap_err().code, ErrorCode::InvalidPayload);
+        for bad in [
+            &b"not json"[..],
+            br#"{"command_id": "1"}"#,
+            br#"{"command_id": "", "data": {}}"#,
+            br#"{"command_id": "1", "actor": {"user_id": 5}, "data": {}}"#,
+        ] {
+            assert_eq!(
+                NatsEnvelope::parse(bad).unwrap_err().code,
+                ErrorCode::InvalidPayload
+            );
+        }
+    }
+
+    #[test]
+    fn an_envelope_actor_other_than_the_tokens_is_forbidden() {
+        let me = Actor::new(UserId::from_uuid(uuid::Uuid::now_v7()), Role::Driver);
+        let body = |actor: Value| {
+            serde_json::to_vec(&json!({"command_id": "1", "actor": actor, "data": {}})).unwrap()
+        };
+        let same = NatsEnvelope::parse(&body(json!({"user_id": me.user_id, "role": "driver"}))).unwrap();
+        assert!(same.check_actor(me).is_ok());
+        let absent = NatsEnvelope::parse(br#"{"command_id": "1", "data": {}}"#).unwrap();
+        assert!(absent.check_actor(me).is_ok());
+        for other in [
+            json!({"user_id": uuid::Uuid::now_v7(), "role": "driver"}),
+            json!({"user_id": me.user_id, "role": "passenger"}),
+        ] {
+            let forged = NatsEnvelope::parse(&body(other)).unwrap();
+            assert_eq!(forged.check_actor(me).unwrap_err().code, ErrorCode::Forbidden);
         }
     }
 }

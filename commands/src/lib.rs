@@ -13,7 +13,8 @@
 //! - [`ingress`]: parsing client commands (WebSocket `type` + `data`, NATS subject +
 //!   envelope) into typed commands: `validation_failed` is decided here.
 //! - [`bus`]: routing a parsed command to the right aggregate, payments included.
-//! - [`nats`]: request/reply ingress in a queue group.
+//! - [`nats`]: request/reply ingress in a queue group; [`token`] checks the user's
+//!   token each NATS command carries (the actor is the token's, never the body's).
 //! - [`process`]: the process manager (confirmed match → ride) and the deadline
 //!   scheduler (match round timeouts).
 //! - [`ports`]: positions and the payment provider, with in-memory adapters;
@@ -41,8 +42,10 @@ pub mod nearest;
 pub mod pipeline;
 pub mod ports;
 pub mod process;
+pub mod rate;
 pub mod redis_positions;
 pub mod store;
+pub mod token;
 
 pub use ack::Ack;
 pub use bus::CommandBus;

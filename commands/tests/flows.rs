@@ -373,12 +373,68 @@ async fn a_ride_with_a_failed_then_successful_payment() {
     );
 }
 
-async fn nats_request(client: &async_nats::Client, subject: String, body: Value) -> Ack {
+const SECRET: &[u8] = b"flows-test-secret-0123456789abcdef";
+
+/// A token for `actor` as the edge signs them, expiring `ttl` after the world's clock.
+fn token(w: &World, actor: Actor, ttl: TimeDelta) -> String {
+    use commands::token::{Claims, ISSUER};
+    let now = commands::clock::Clock::now(w.clock.as_ref());
+    let claims = Claims {
+        sub: actor.user_id.as_uuid(),
+        role: actor.role,
+        exp: (now + ttl).timestamp(),
+        iat: now.timestamp(),
+        iss: ISSUER.into(),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+/// A request with `Authorization: <authorization>` when given.
+async fn nats_request_as(
+    client: &async_nats::Client,
+    subject: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
+) -> Ack {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert("Authorization", value.as_str());
+    }
     let reply = client
-        .request(subject, serde_json::to_vec(&body).unwrap().into())
+        .request_with_headers(subject, headers, body.into())
         .await
         .expect("NATS must be running (scripts/services.sh)");
     serde_json::from_slice(&reply.payload).unwrap()
+}
+
+/// The NATS ingress with the world's bus on subjects of the test's own; the client
+/// and the prefix.
+async fn nats_ingress(w: &World) -> (async_nats::Client, String) {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let client = async_nats::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("NATS must be running at {url} (scripts/services.sh): {e}"));
+    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The ingress runs as long as the test: leak the sender.
+    std::mem::forget(stop);
+    let tokens = commands::token::TokenVerifier::new(SECRET, w.clock.clone());
+    tokio::spawn(commands::nats::serve(
+        client.clone(),
+        w.bus.clone(),
+        tokens,
+        prefix.clone(),
+        stopped,
+    ));
+    // The subscription is registered once the server has seen it.
+    client.flush().await.expect("flush");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    (client, prefix)
 }
 
 /// The NATS ingress refuses with the same codes as the in-process bus, and answers
@@ -386,36 +442,25 @@ async fn nats_request(client: &async_nats::Client, subject: String, body: Value)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_commands_get_the_same_answers_as_in_process_ones() {
     let w = world().await;
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let client = async_nats::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("NATS must be running at {url} (scripts/services.sh): {e}"));
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(commands::nats::serve(
-        client.clone(),
-        w.bus.clone(),
-        prefix.clone(),
-        stopped,
-    ));
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-
+    let (client, prefix) = nats_ingress(&w).await;
     let passenger = user(Role::Passenger);
     let driver = user(Role::Driver);
     let stranger = user(Role::Driver);
     let match_id = request_match(&w, passenger).await;
     propose(&w, match_id, &[driver]).await;
 
-    let envelope = |actor: Actor, data: Value| {
-        json!({"command_id": Uuid::now_v7().to_string(),
-               "actor": {"user_id": actor.user_id, "role": actor.role}, "data": data})
+    let day = TimeDelta::hours(24);
+    let bearer = |actor: Actor| Some(format!("Bearer {}", token(&w, actor, day)));
+    let envelope = |data: Value| {
+        serde_json::to_vec(&json!({"command_id": Uuid::now_v7().to_string(), "data": data})).unwrap()
     };
     // forbidden: a driver who was never proposed.
     let data = json!({"match_id": match_id, "accepted": true});
-    let over_nats = nats_request(
+    let over_nats = nats_request_as(
         &client,
         format!("{prefix}cmd.match.confirm"),
-        envelope(stranger, data.clone()),
+        bearer(stranger),
+        envelope(data.clone()),
     )
     .await;
     let in_process = w
@@ -431,12 +476,24 @@ async fn nats_commands_get_the_same_answers_as_in_process_ones() {
 
     // not_found: no such ride.
     let data = json!({"ride_id": Uuid::now_v7()});
-    let over_nats = nats_request(&client, format!("{prefix}cmd.ride.start"), envelope(driver, data)).await;
+    let over_nats = nats_request_as(
+        &client,
+        format!("{prefix}cmd.ride.start"),
+        bearer(driver),
+        envelope(data),
+    )
+    .await;
     assert_eq!(over_nats.code(), Some(ErrorCode::NotFound), "{over_nats:?}");
 
     // validation_failed: a wrongly typed field.
     let data = json!({"ride_id": 42});
-    let over_nats = nats_request(&client, format!("{prefix}cmd.ride.start"), envelope(driver, data)).await;
+    let over_nats = nats_request_as(
+        &client,
+        format!("{prefix}cmd.ride.start"),
+        bearer(driver),
+        envelope(data),
+    )
+    .await;
     assert_eq!(
         over_nats.code(),
         Some(ErrorCode::ValidationFailed),
@@ -444,22 +501,40 @@ async fn nats_commands_get_the_same_answers_as_in_process_ones() {
     );
 
     // invalid_payload: not an envelope at all.
-    let reply = client
-        .request(format!("{prefix}cmd.ride.start"), "not json".into())
-        .await
-        .unwrap();
-    let ack: Ack = serde_json::from_slice(&reply.payload).unwrap();
+    let ack = nats_request_as(
+        &client,
+        format!("{prefix}cmd.ride.start"),
+        bearer(driver),
+        b"not json".to_vec(),
+    )
+    .await;
     assert_eq!(ack.code(), Some(ErrorCode::InvalidPayload));
 
-    // And an accepted command: the driver accepts over NATS, idempotently.
-    let accept = envelope(driver, json!({"match_id": match_id, "accepted": true}));
-    let first = nats_request(&client, format!("{prefix}cmd.match.confirm"), accept.clone()).await;
+    // And an accepted command: the driver accepts over NATS, idempotently; an actor
+    // field equal to the token's is accepted too.
+    let accept = serde_json::to_vec(&json!({"command_id": Uuid::now_v7().to_string(),
+        "actor": {"user_id": driver.user_id, "role": "driver"},
+        "data": {"match_id": match_id, "accepted": true}}))
+    .unwrap();
+    let first = nats_request_as(
+        &client,
+        format!("{prefix}cmd.match.confirm"),
+        bearer(driver),
+        accept.clone(),
+    )
+    .await;
     assert_eq!(
         first.result.as_ref().unwrap()["status"],
         "DRIVER_ACCEPTED",
         "{first:?}"
     );
-    let again = nats_request(&client, format!("{prefix}cmd.match.confirm"), accept).await;
+    let again = nats_request_as(
+        &client,
+        format!("{prefix}cmd.match.confirm"),
+        bearer(driver),
+        accept,
+    )
+    .await;
     assert_eq!(again, first);
     assert_eq!(
         count(
@@ -469,6 +544,120 @@ async fn nats_commands_get_the_same_answers_as_in_process_ones() {
         .await,
         1
     );
+}
+
+/// SPEC.md §4 "NATS": the actor is the token's. A command without a token, with a
+/// token that is not ours or has expired, or whose body names another actor than its
+/// token, is refused, and nothing is written for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_commands_act_as_their_tokens_subject_only() {
+    let w = world().await;
+    let (client, prefix) = nats_ingress(&w).await;
+    let passenger = user(Role::Passenger);
+    let victim = user(Role::Passenger);
+    let subject = format!("{prefix}cmd.match.request");
+    let data = json!({"pickup": {"lat": -6.2, "lon": 106.8}, "destination": {"lat": -6.17, "lon": 106.82}});
+    let body = |actor: Option<Actor>| {
+        let mut envelope = json!({"command_id": Uuid::now_v7().to_string(), "data": data.clone()});
+        if let Some(a) = actor {
+            envelope["actor"] = json!({"user_id": a.user_id, "role": a.role});
+        }
+        serde_json::to_vec(&envelope).unwrap()
+    };
+    let events = || count(&w, "SELECT count(*) FROM events");
+    let logged = || count(&w, "SELECT count(*) FROM command_log");
+    let before = (events().await, logged().await);
+
+    let refusals = [
+        ("no header", None, body(Some(victim)), ErrorCode::Unauthorized),
+        (
+            "not bearer",
+            Some(format!("Basic {}", token(&w, victim, TimeDelta::hours(1)))),
+            body(None),
+            ErrorCode::Unauthorized,
+        ),
+        (
+            "garbage",
+            Some("Bearer not.a.token".to_owned()),
+            body(None),
+            ErrorCode::Unauthorized,
+        ),
+        (
+            "expired",
+            Some(format!("Bearer {}", token(&w, victim, TimeDelta::seconds(-1)))),
+            body(None),
+            ErrorCode::Unauthorized,
+        ),
+        (
+            "forged actor",
+            Some(format!("Bearer {}", token(&w, passenger, TimeDelta::hours(1)))),
+            body(Some(victim)),
+            ErrorCode::Forbidden,
+        ),
+        (
+            "forged role",
+            Some(format!("Bearer {}", token(&w, passenger, TimeDelta::hours(1)))),
+            body(Some(Actor::new(passenger.user_id, Role::Driver))),
+            ErrorCode::Forbidden,
+        ),
+    ];
+    for (case, authorization, body, code) in refusals {
+        let ack = nats_request_as(&client, subject.clone(), authorization, body).await;
+        assert_eq!(ack.code(), Some(code), "{case}: {ack:?}");
+    }
+    // Another secret: a token the edge did not sign.
+    let other = {
+        use commands::token::{Claims, ISSUER};
+        let now = chrono::Utc::now();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &Claims {
+                sub: victim.user_id.as_uuid(),
+                role: Role::Passenger,
+                exp: (now + TimeDelta::hours(1)).timestamp(),
+                iat: now.timestamp(),
+                iss: ISSUER.into(),
+            },
+            &jsonwebtoken::EncodingKey::from_secret(b"another secret, not the edge's one"),
+        )
+        .unwrap()
+    };
+    let ack = nats_request_as(
+        &client,
+        subject.clone(),
+        Some(format!("Bearer {other}")),
+        body(None),
+    )
+    .await;
+    assert_eq!(ack.code(), Some(ErrorCode::Unauthorized), "{ack:?}");
+    assert_eq!(
+        (events().await, logged().await),
+        before,
+        "nothing written for a refusal"
+    );
+
+    // The same command with the passenger's own token acts as the passenger.
+    let ack = nats_request_as(
+        &client,
+        subject,
+        Some(format!("Bearer {}", token(&w, passenger, TimeDelta::hours(1)))),
+        body(None),
+    )
+    .await;
+    assert!(ack.ok, "{ack:?}");
+    let match_id: Uuid = ack.result.as_ref().unwrap()["match_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let requested_by: Uuid = sqlx::query_scalar(
+        "SELECT (payload->>'passenger_id')::uuid FROM events WHERE aggregate_id = $1 ORDER BY sequence LIMIT 1",
+    )
+    .bind(match_id)
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(requested_by, passenger.user_id.as_uuid());
 }
 
 /// Guarantee 1 across processes: a process answers from its cached aggregates, but one

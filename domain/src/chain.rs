@@ -1,19 +1,44 @@
 //! Tamper evidence: each event's hash covers its content and the previous event's hash
 //! in the same aggregate, so editing or deleting an event breaks the chain from there on.
 //!
-//! The hashed bytes are a canonical JSON rendering (object keys sorted, no whitespace)
-//! of the stored fields, so the hash can be recomputed from what PostgreSQL's JSONB
-//! returns, whatever key order or spacing it chose. Any change to this function changes
-//! every stored hash: it is versioned by [`CHAIN_VERSION`] and never edited.
+//! Two versions of the hashed bytes exist; the `events` table says which one each event
+//! uses (`hash_version`), and neither is ever edited:
+//! - **version 2** (every event written since migration 0005, [`event_hash`]):
+//!   `SHA-256(prev || JCS(doc))`, where `doc` is the object `{aggregate_type,
+//!   aggregate_id, sequence, event_type, event_version, payload, metadata}` and `JCS` is
+//!   RFC 8785 ([`crate::jcs`]), so any JCS library and SHA-256 recompute a stored hash;
+//! - **version 1** (the events written before, [`event_hash_v1`]): `SHA-256(0x01 ||
+//!   prev || canonical(doc))` with the project's own canonical form (ADR 0006: keys in
+//!   byte order, scalars as serde_json writes them).
+//!
+//! Both are computed from what PostgreSQL's JSONB returns, whatever key order or
+//! spacing it chose, with or without parsing the JSON first ([`event_hash_text`]).
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The version of the hashing scheme below.
-pub const CHAIN_VERSION: u8 = 1;
+/// The chain version of every event written now.
+pub const CHAIN_VERSION: i16 = 2;
+
+/// The first chain version's tag, hashed in front of its bytes.
+const V1_TAG: u8 = 1;
 
 /// The hash that the first event of every aggregate chains to.
 pub const GENESIS: [u8; 32] = [0u8; 32];
+
+/// Why an event's hash cannot be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Version 1: its payload or metadata is not JSON.
+    #[error(transparent)]
+    Canonical(#[from] CanonicalError),
+    /// Version 2: its payload or metadata has no RFC 8785 form.
+    #[error(transparent)]
+    Jcs(#[from] crate::jcs::JcsError),
+    /// A `hash_version` this code does not know.
+    #[error("unknown hash_version {0} (known: 1, 2)")]
+    UnknownVersion(i16),
+}
 
 /// The stored fields an event's hash covers (everything but `position` and `hash`).
 /// `J` is how the JSON fields are held: parsed ([`Value`], the default) or, inside
@@ -36,8 +61,80 @@ pub struct HashedFields<'a, J: ?Sized = Value> {
     pub metadata: &'a J,
 }
 
-/// `sha256(prev || canonical(fields))`.
+/// The current version's hash ([`CHAIN_VERSION`]): `SHA-256(prev || JCS(doc))`.
 pub fn event_hash(prev: &[u8], fields: &HashedFields<'_>) -> [u8; 32] {
+    hash_jcs(prev, fields, |out, json| {
+        crate::jcs::write_value(out, json);
+        Ok(())
+    })
+    .unwrap_or_else(|never: std::convert::Infallible| match never {})
+}
+
+/// The hash of `version` of fields whose JSON is still text (`HashedFields<str>`, as
+/// PostgreSQL returns them): the same hash as parsing the payload and metadata into
+/// `Value`s first, without building them.
+pub fn event_hash_text(
+    version: i16,
+    prev: &[u8],
+    fields: &HashedFields<'_, str>,
+) -> Result<[u8; 32], HashError> {
+    match version {
+        1 => Ok(event_hash_text_v1(prev, fields)?),
+        2 => Ok(hash_jcs(prev, fields, crate::jcs::write_text)?),
+        other => Err(HashError::UnknownVersion(other)),
+    }
+}
+
+/// The hash of `version` of parsed fields.
+pub fn event_hash_versioned(
+    version: i16,
+    prev: &[u8],
+    fields: &HashedFields<'_>,
+) -> Result<[u8; 32], HashError> {
+    match version {
+        1 => Ok(event_hash_v1(prev, fields)),
+        2 => Ok(event_hash(prev, fields)),
+        other => Err(HashError::UnknownVersion(other)),
+    }
+}
+
+/// Version 2: renders `JCS(doc)` (its members in key order, all ASCII names) into a
+/// reused buffer, `payload` and `metadata` written by `json`, and hashes it after `prev`.
+fn hash_jcs<J: ?Sized, E>(
+    prev: &[u8],
+    fields: &HashedFields<'_, J>,
+    json: impl Fn(&mut Vec<u8>, &J) -> Result<(), E>,
+) -> Result<[u8; 32], E> {
+    use crate::jcs::{write_i64, write_string};
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    }
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.extend_from_slice(b"{\"aggregate_id\":");
+        write_string(buf, fields.aggregate_id);
+        buf.extend_from_slice(b",\"aggregate_type\":");
+        write_string(buf, fields.aggregate_type);
+        buf.extend_from_slice(b",\"event_type\":");
+        write_string(buf, fields.event_type);
+        buf.extend_from_slice(b",\"event_version\":");
+        write_i64(buf, i64::from(fields.event_version));
+        buf.extend_from_slice(b",\"metadata\":");
+        json(buf, fields.metadata)?;
+        buf.extend_from_slice(b",\"payload\":");
+        json(buf, fields.payload)?;
+        buf.extend_from_slice(b",\"sequence\":");
+        write_i64(buf, fields.sequence);
+        buf.push(b'}');
+        let mut hasher = Sha256::new();
+        hasher.update(prev);
+        hasher.update(&buf[..]);
+        Ok(hasher.finalize().into())
+    })
+}
+
+/// Version 1: `sha256(0x01 || prev || canonical(fields))`.
+pub fn event_hash_v1(prev: &[u8], fields: &HashedFields<'_>) -> [u8; 32] {
     let hashed: Result<_, std::convert::Infallible> = hash_envelope(prev, fields, |buf, json| {
         write_canonical(buf, json);
         Ok(())
@@ -48,10 +145,8 @@ pub fn event_hash(prev: &[u8], fields: &HashedFields<'_>) -> [u8; 32] {
     }
 }
 
-/// [`event_hash`] of fields whose JSON is still text (`HashedFields<str>`, as
-/// PostgreSQL returns them): the same hash as parsing the payload and metadata into
-/// `Value`s first, without building them.
-pub fn event_hash_text(prev: &[u8], fields: &HashedFields<'_, str>) -> Result<[u8; 32], CanonicalError> {
+/// [`event_hash_v1`] of fields whose JSON is still text.
+pub fn event_hash_text_v1(prev: &[u8], fields: &HashedFields<'_, str>) -> Result<[u8; 32], CanonicalError> {
     hash_envelope(prev, fields, write_canonical_text)
 }
 
@@ -83,7 +178,7 @@ fn hash_envelope<J: ?Sized, E>(
         let _ = write!(buf, ",\"sequence\":{}}}", fields.sequence);
 
         let mut hasher = Sha256::new();
-        hasher.update([CHAIN_VERSION]);
+        hasher.update([V1_TAG]);
         hasher.update(prev);
         hasher.update(&buf[..]);
         Ok(hasher.finalize().into())
@@ -609,7 +704,9 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Hashing the stored text is hashing the parsed value, for any payload.
+        /// Hashing the stored text is hashing the parsed value, for any payload, in
+        /// both versions; and version 2 is SHA-256 over an independent JCS library's
+        /// rendering of the document (serde_jcs).
         #[test]
         fn hash_of_text_is_hash_of_value(payload in json_value(), metadata in json_value()) {
             let (p, m) = (jsonb_style(&payload), metadata.to_string());
@@ -623,11 +720,66 @@ mod tests {
                 metadata: &m,
             };
             let prev = [7u8; 32];
-            proptest::prop_assert_eq!(
-                event_hash_text(&prev, &text).unwrap(),
-                event_hash(&prev, &fields(&payload, &metadata))
-            );
+            let parsed = fields(&payload, &metadata);
+            proptest::prop_assert_eq!(event_hash_text(1, &prev, &text).unwrap(), event_hash_v1(&prev, &parsed));
+            proptest::prop_assert_eq!(event_hash_text(2, &prev, &text).unwrap(), event_hash(&prev, &parsed));
+            let doc = json!({
+                "aggregate_type": "ride",
+                "aggregate_id": "0190c6f2-0000-7000-8000-000000000001",
+                "sequence": 1,
+                "event_type": "created",
+                "event_version": 1,
+                "payload": payload,
+                "metadata": metadata,
+            });
+            let mut hasher = Sha256::new();
+            hasher.update(prev);
+            hasher.update(serde_jcs::to_vec(&crate::jcs::tests::as_doubles(&doc)).unwrap());
+            let independent: [u8; 32] = hasher.finalize().into();
+            proptest::prop_assert_eq!(event_hash(&prev, &parsed), independent);
         }
+    }
+
+    /// Both versions pinned to hashes computed outside Rust (Python's hashlib and
+    /// `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`), so
+    /// neither can drift: old chains must keep verifying.
+    #[test]
+    fn both_versions_are_pinned() {
+        let payload = json!({"fare": 5000, "note": "é\n"});
+        let metadata = json!({"actor": {"role": "driver"}});
+        let prev = [7u8; 32];
+        let f = fields(&payload, &metadata);
+        let hex = |h: [u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(event_hash_v1(&prev, &f)),
+            "9c49748f392a41587038a53552dbbce1e5f8bae713540fdf19150e5e2e8dc0db"
+        );
+        assert_eq!(
+            hex(event_hash(&prev, &f)),
+            "90a10e823e082f0fbaedf034808d21ff3f8987b321a283430f8fbb611ac8bd01"
+        );
+        assert_eq!(
+            hex(event_hash_versioned(1, &prev, &f).unwrap()),
+            hex(event_hash_v1(&prev, &f))
+        );
+        assert!(matches!(
+            event_hash_versioned(3, &prev, &f),
+            Err(HashError::UnknownVersion(3))
+        ));
+        let (p, m) = (payload.to_string(), metadata.to_string());
+        let text = HashedFields::<str> {
+            aggregate_type: f.aggregate_type,
+            aggregate_id: f.aggregate_id,
+            sequence: f.sequence,
+            event_type: f.event_type,
+            event_version: f.event_version,
+            payload: &p,
+            metadata: &m,
+        };
+        assert!(matches!(
+            event_hash_text(0, &prev, &text),
+            Err(HashError::UnknownVersion(0))
+        ));
     }
 
     #[test]
@@ -643,6 +795,10 @@ mod tests {
         assert_ne!(
             event_hash(&GENESIS, &fields(&a, &m)),
             event_hash(&prev, &fields(&a, &m))
+        );
+        assert_ne!(
+            event_hash_v1(&GENESIS, &fields(&a, &m)),
+            event_hash_v1(&GENESIS, &fields(&b, &m))
         );
     }
 }

@@ -42,6 +42,9 @@ pub enum ErrorCode {
     RateLimited,
     /// Concurrent writers kept winning after the bounded retries.
     Conflict,
+    /// No valid token: a NATS command without `Authorization: Bearer <jwt>`, or with
+    /// one that is invalid or expired (the HTTP edge answers 401 with the same code).
+    Unauthorized,
     /// Something broke on our side; details are logged, never sent.
     Internal,
 }
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::PlateTaken => "plate_taken",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
         }
     }

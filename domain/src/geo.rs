@@ -70,6 +70,19 @@ impl GeoPoint {
     }
 }
 
+/// The largest latitude Redis GEO accepts (`GEOADD` refuses beyond ±85.05112878°, the
+/// Web Mercator limit). A service area never reaches past it, so no accepted position
+/// can make a geo script fail half-way.
+pub const REDIS_GEO_MAX_LAT: f64 = 85.051_128_78;
+
+/// Whether Redis GEO can store the point (|lat| ≤ 85.05112878, |lon| ≤ 180).
+pub fn redis_geo_accepts(lat: f64, lon: f64) -> bool {
+    lat.is_finite()
+        && lon.is_finite()
+        && (-REDIS_GEO_MAX_LAT..=REDIS_GEO_MAX_LAT).contains(&lat)
+        && (-180.0..=180.0).contains(&lon)
+}
+
 /// The rectangle where the service operates (Indonesia by default; configurable).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceArea {
@@ -96,6 +109,30 @@ impl Default for ServiceArea {
 }
 
 impl ServiceArea {
+    /// A service area, or why it cannot be one: every edge finite, south below north,
+    /// west below east, longitudes within [-180, 180] and latitudes within Redis GEO's
+    /// range (±85.05112878°), so that every position it accepts can be indexed.
+    pub fn new(min_lat: f64, max_lat: f64, min_lon: f64, max_lon: f64) -> Result<Self, String> {
+        let edges = [min_lat, max_lat, min_lon, max_lon];
+        if edges.iter().any(|e| !e.is_finite()) {
+            return Err("every edge of the service area must be a finite number".into());
+        }
+        if min_lat >= max_lat || min_lon >= max_lon {
+            return Err("the service area's minimum edges must be below its maximum edges".into());
+        }
+        if !redis_geo_accepts(min_lat, min_lon) || !redis_geo_accepts(max_lat, max_lon) {
+            return Err(format!(
+                "the service area must lie within lat ±{REDIS_GEO_MAX_LAT} (where Redis GEO ends) and lon ±180"
+            ));
+        }
+        Ok(Self {
+            min_lat,
+            max_lat,
+            min_lon,
+            max_lon,
+        })
+    }
+
     /// Whether the point lies inside the area (edges included).
     pub fn contains(&self, p: &GeoPoint) -> bool {
         (self.min_lat..=self.max_lat).contains(&p.lat) && (self.min_lon..=self.max_lon).contains(&p.lon)
@@ -140,6 +177,50 @@ mod tests {
         assert!(serde_json::from_str::<GeoPoint>(r#"{"lat": 100, "lon": 0}"#).is_err());
         let p: GeoPoint = serde_json::from_str(r#"{"lat": -6.2, "lon": 106.8}"#).unwrap();
         assert_eq!(p.lat(), -6.2);
+    }
+
+    #[test]
+    fn a_service_area_never_leaves_redis_geo_range() {
+        assert!(ServiceArea::new(-11.0, 6.0, 95.0, 141.0).is_ok());
+        assert!(ServiceArea::new(-85.0, 85.0, -180.0, 180.0).is_ok());
+        assert!(ServiceArea::new(-REDIS_GEO_MAX_LAT, REDIS_GEO_MAX_LAT, -180.0, 180.0).is_ok());
+        for (a, b, c, d) in [
+            (-11.0, 89.0, 95.0, 141.0),
+            (-85.1, 6.0, 95.0, 141.0),
+            (-11.0, 6.0, -181.0, 141.0),
+            (6.0, -11.0, 95.0, 141.0),
+            (-11.0, 6.0, 141.0, 95.0),
+            (f64::NAN, 6.0, 95.0, 141.0),
+        ] {
+            assert!(ServiceArea::new(a, b, c, d).is_err(), "{a} {b} {c} {d}");
+        }
+    }
+
+    #[test]
+    fn every_point_of_a_valid_area_is_one_redis_geo_accepts() {
+        let area = ServiceArea::new(-REDIS_GEO_MAX_LAT, REDIS_GEO_MAX_LAT, -180.0, 180.0).unwrap();
+        for lat in [
+            -90.0,
+            -85.06,
+            -REDIS_GEO_MAX_LAT,
+            0.0,
+            REDIS_GEO_MAX_LAT,
+            85.06,
+            89.9,
+            90.0,
+        ] {
+            for lon in [-180.0, 0.0, 180.0] {
+                let p = GeoPoint::new(lat, lon).unwrap();
+                if area.contains(&p) {
+                    assert!(redis_geo_accepts(p.lat(), p.lon()), "{lat} {lon}");
+                } else {
+                    assert_eq!(
+                        area.check(&p, "x").unwrap_err().code,
+                        ErrorCode::OutsideServiceArea
+                    );
+                }
+            }
+        }
     }
 
     #[test]

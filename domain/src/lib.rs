@@ -12,7 +12,9 @@
 //! - [`ride`] and [`billing`]: the ride lifecycle and its exact integer billing.
 //! - [`matching`]: finding a driver for a passenger.
 //! - [`location`]: drivers' pings and the shared names (stream subject, Redis keys).
-//! - [`chain`]: the tamper-evident hash chain over stored events.
+//! - [`chain`]: the tamper-evident hash chain over stored events; [`jcs`]: RFC 8785
+//!   canonical JSON, which its version 2 hashes.
+//! - [`merkle`]: the audit log over every event (RFC 9162 tree, proofs, signed heads).
 //!
 //! ## Invariants
 //! - Money is whole rupiah in `i64`; distances that are billed are whole metres.
@@ -29,8 +31,10 @@ pub mod chain;
 pub mod error;
 pub mod geo;
 pub mod ids;
+pub mod jcs;
 pub mod location;
 pub mod matching;
+pub mod merkle;
 pub mod money;
 pub mod msisdn;
 pub mod policy;

@@ -41,6 +41,37 @@ impl Msisdn {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The form for logs: the country code and operator prefix and the last two
+    /// digits, the rest starred (`62812*******89`). A full number in a log would tie
+    /// every line to a person.
+    pub fn masked(&self) -> Masked<'_> {
+        Masked(self)
+    }
+}
+
+/// A number as logs show it; see [`Msisdn::masked`].
+#[derive(Clone, Copy)]
+pub struct Masked<'a>(&'a Msisdn);
+
+impl fmt::Display for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_str();
+        // Always `62` + at least 9 ASCII digits (see `parse`).
+        let (head, rest) = s.split_at(5.min(s.len()));
+        let tail = rest.len().saturating_sub(2);
+        f.write_str(head)?;
+        for _ in 0..tail {
+            f.write_str("*")?;
+        }
+        f.write_str(&rest[tail..])
+    }
+}
+
+impl fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl TryFrom<String> for Msisdn {
@@ -63,8 +94,9 @@ impl fmt::Display for Msisdn {
 }
 
 impl fmt::Debug for Msisdn {
+    /// Masked: `Debug` is what ends up in logs by accident.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Msisdn({})", self.0)
+        write!(f, "Msisdn({})", self.masked())
     }
 }
 
@@ -84,6 +116,14 @@ mod tests {
             let m = Msisdn::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
             assert!(m.as_str().starts_with("62812"), "{input} -> {m}");
         }
+    }
+
+    #[test]
+    fn logs_see_a_masked_number() {
+        let m = Msisdn::parse("0812-3456-789").unwrap();
+        assert_eq!(m.masked().to_string(), "62812*****89");
+        assert_eq!(format!("{m:?}"), "Msisdn(62812*****89)");
+        assert!(!format!("{m:?}").contains("3456"));
     }
 
     #[test]

@@ -569,11 +569,14 @@ impl Aggregate for Ride {
                 RideCommand::RecordTripPoint {
                     point, recorded_at, ..
                 },
-            ) => Ok(
-                record_trip_point(booking, trip, *point, recorded_at.unwrap_or(ctx.now), ctx)
-                    .into_iter()
-                    .collect(),
-            ),
+            ) => {
+                ctx.policy.service_area.check(point, "location")?;
+                Ok(
+                    record_trip_point(booking, trip, *point, recorded_at.unwrap_or(ctx.now), ctx)
+                        .into_iter()
+                        .collect(),
+                )
+            }
             (
                 Phase::Pending(..) | Phase::Arrived(..) | Phase::Completed(..) | Phase::Cancelled(..),
                 RideCommand::RecordTripPoint { .. },

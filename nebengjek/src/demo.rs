@@ -1,5 +1,5 @@
 //! `nebengjek demo`: migrates, starts the whole system in this process on
-//! 127.0.0.1:0 (dev OTP echo forced on), runs the city simulator (`sim`) against it
+//! 127.0.0.1:0 (`APP_ENV=development` and dev OTP echo forced on), runs the city simulator (`sim`) against it
 //! with a live progress line, then verifies every hash chain and read model over the
 //! period (`replay_tools::audit::verify`) and prints a short report. Exits non-zero if
 //! any ride failed or verify fails.
@@ -36,17 +36,29 @@ impl Default for DemoOptions {
     }
 }
 
+/// What the progress line says the demo is doing (or waiting for).
+fn waiting_for(s: &sim::Snapshot) -> String {
+    match s.phase {
+        "ramp" => format!("logging in ({} connected)", s.clients),
+        "window" => format!("riding ({} in flight)", s.rides_in_flight),
+        _ => format!("finishing {} rides in flight", s.rides_in_flight),
+    }
+}
+
 pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()> {
     let pool = startup::connect(&config).await?;
     migrations::run(&pool).await?;
     config.http_addr = "127.0.0.1:0".parse()?;
+    // A demo on a developer's machine: the development secret, codes echoed.
+    config.app_env = crate::config::AppEnv::Development;
     config.auth_dev_echo_otp = true;
     let system = startup::start(config, Role::All).await?;
     let url = format!("http://{}", system.http_addr);
     println!(
-        "NebengJek demo — {} drivers, {} passengers for {} s against {url}\n",
+        "NebengJek demo — {} drivers, {} passengers for {} s against {url}",
         options.drivers, options.passengers, options.duration_s
     );
+    println!("  console: {url}/console   metrics: {url}/metrics\n");
 
     // Projection lag: events written minus the slowest projector's checkpoint.
     let lag = Arc::new(AtomicI64::new(0));
@@ -73,13 +85,15 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
         drivers: options.drivers,
         passengers: options.passengers,
         duration: Duration::from_secs(options.duration_s),
+        wind_down: true,
         ..sim::SimConfig::default()
     };
     let shown_lag = lag.clone();
     let result = sim::run(sim_config, move |s: &sim::Snapshot| {
         print!(
-            "\r  {:>5.0} s  rides completed {:>4}  failed {:>2}  commands/s {:>6.1}  ack p50 {:>6.1} ms  p99 {:>7.1} ms  projection lag {:>4}   ",
+            "\r  {:>5.0} s  {:<30}  rides completed {:>4}  failed {:>2}  commands/s {:>6.1}  ack p50 {:>6.1} ms  p99 {:>7.1} ms  projection lag {:>4}   ",
             s.elapsed_s,
+            waiting_for(s),
             s.rides_completed,
             s.rides_failed,
             s.commands_per_s,
@@ -93,11 +107,15 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
     println!();
     // Let the projectors catch up before verifying.
     for _ in 0..50 {
-        if lag.load(Ordering::Relaxed) <= 0 {
+        let behind = lag.load(Ordering::Relaxed);
+        if behind <= 0 {
             break;
         }
+        print!("\r  waiting for the read models to catch up: {behind:>4} events behind   ");
+        let _ = std::io::stdout().flush();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    println!("\r  verifying every hash chain and read model of the period …              ");
     lag_task.abort();
     let report = result?;
     let ended = Utc::now() + chrono::Duration::seconds(1);

@@ -5,9 +5,12 @@
 //! `nebengjek` binary is a thin command line over this library; tests start whole
 //! systems through [`startup::start`].
 
+pub mod chart;
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod load;
+pub mod metrics_setup;
 pub mod startup;
 
 use clap::ValueEnum;

@@ -7,6 +7,8 @@
 //! headline ack latency is that of the commands sent inside the window over sockets
 //! already open, from writing the frame to reading its ack in this process. The load
 //! generator usually shares the machine with the deployment: the report says so.
+//! Beside the JSON go the Markdown (`.md`) and a chart of every second of the run
+//! (`.svg`: commands/s, ack p50 and p99; [`crate::chart`]).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -27,7 +29,8 @@ pub struct LoadOptions {
     pub duration_s: u64,
     /// Logins in flight at once during the ramp.
     pub login_concurrency: usize,
-    /// Where the JSON report goes; Markdown goes beside it with `.md`.
+    /// Where the JSON report goes; Markdown goes beside it with `.md`, the chart with
+    /// `.svg`.
     pub report: PathBuf,
 }
 
@@ -70,7 +73,27 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<()> {
         report.markdown()
     );
     std::fs::write(&md, &markdown)?;
+    let svg = options.report.with_extension("svg");
+    write_chart(&report, &svg)?;
     println!("{markdown}");
-    println!("report: {} and {}", options.report.display(), md.display());
+    println!(
+        "report: {}, {} and {}",
+        options.report.display(),
+        md.display(),
+        svg.display()
+    );
+    Ok(())
+}
+
+/// Writes the run's chart to `path`.
+pub fn write_chart(report: &sim::Report, path: &std::path::Path) -> anyhow::Result<()> {
+    let w = &report.window;
+    let window = (w.duration_s > 0.0 && w.opened_after_s > 0.0)
+        .then_some((w.opened_after_s, w.opened_after_s + w.duration_s));
+    let title = format!(
+        "nebengjek load: {} users, window {:.0} s, {:.1} commands/s, ack p50 {:.1} ms / p99 {:.1} ms",
+        report.users, w.duration_s, w.commands_per_s, w.ack.p50_ms, w.ack.p99_ms
+    );
+    std::fs::write(path, crate::chart::load_chart(&title, &report.timeline, window))?;
     Ok(())
 }

@@ -28,6 +28,9 @@ struct Cli {
 enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print the AsyncAPI 3 document of the WebSocket and NATS interfaces (what
+    /// `docs/asyncapi.json` holds), generated from `api::protocol`.
+    Asyncapi,
     /// Start the system in this process, simulate a city over WebSocket, verify.
     Demo {
         /// Simulated drivers.
@@ -61,7 +64,8 @@ enum Command {
         /// Logins in flight at once while the clients connect.
         #[arg(long, default_value_t = 64)]
         login_concurrency: usize,
-        /// The JSON report; the Markdown one goes beside it with `.md`.
+        /// The JSON report; the Markdown one goes beside it with `.md`, a chart of
+        /// commands/s and ack p50/p99 over time with `.svg`.
         #[arg(long, default_value = "load-report.json")]
         report: std::path::PathBuf,
     },
@@ -104,6 +108,10 @@ fn init_tracing(default: &str) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Asyncapi) {
+        println!("{}", serde_json::to_string_pretty(&api::protocol::asyncapi())?);
+        return Ok(());
+    }
     // The demo prints its own story; only warnings from the system interrupt it.
     init_tracing(if matches!(cli.command, Command::Demo { .. }) {
         "warn"
@@ -133,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = config::Config::from_env()?;
     match cli.command {
-        Command::Load { .. } => Ok(()),
+        Command::Load { .. } | Command::Asyncapi => Ok(()),
         Command::Migrate => {
             let pool = startup::connect(&config).await?;
             migrations::run(&pool).await?;

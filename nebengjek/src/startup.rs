@@ -48,17 +48,48 @@ pub async fn connect_redis(config: &Config) -> anyhow::Result<redis::aio::Connec
     .with_context(|| format!("cannot connect to Redis at REDIS_URL={}", config.redis_url))
 }
 
+/// The service's inbox prefix: `deploy/nats/nats-server.conf` lets only the service
+/// read it, so clients (who read `_INBOX.>`) cannot see its JetStream replies.
+pub const SERVICE_INBOX_PREFIX: &str = "_NEBENGJEK_INBOX";
+
+/// Connects to NATS, with `NATS_USER`/`NATS_PASSWORD` when set.
+pub async fn connect_nats(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let options = async_nats::ConnectOptions::new().custom_inbox_prefix(SERVICE_INBOX_PREFIX);
+    let options = match &config.nats_credentials {
+        Some((user, password)) => options.user_and_password(user.clone(), password.clone()),
+        None => options,
+    };
+    options
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at NATS_URL={}", config.nats_url))
+}
+
+/// The SMS sender of the edge: the webhook when `SMS_WEBHOOK_URL` is set; otherwise,
+/// in development only, the sender that logs the code. Outside development without a
+/// webhook the edge does not start: no code may be logged there.
+pub fn sms_sender(config: &Config) -> anyhow::Result<Arc<dyn api::sms::SmsSender>> {
+    match (&config.sms_webhook_url, config.app_env) {
+        (Some(url), _) => Ok(Arc::new(
+            api::sms::WebhookSms::new(url, api::sms::WebhookPolicy::default())
+                .map_err(|e| anyhow::anyhow!("SMS_WEBHOOK_URL is not usable: {e}"))?,
+        )),
+        (None, crate::config::AppEnv::Development) => Ok(Arc::new(api::sms::LoggingSms)),
+        (None, crate::config::AppEnv::Production) => anyhow::bail!(
+            "SMS_WEBHOOK_URL is required outside APP_ENV=development (login codes are only logged in development)"
+        ),
+    }
+}
+
 /// The edge's settings from the process configuration.
 pub fn api_config(config: &Config) -> anyhow::Result<api::ApiConfig> {
     let mut api = api::ApiConfig::new(config.jwt_secret()?);
     api.dev_echo_otp = config.auth_dev_echo_otp;
-    if config.auth_dev_echo_otp && config.app_env == crate::config::AppEnv::Production {
-        tracing::warn!("AUTH_DEV_ECHO_OTP=true in production: login codes are returned in responses");
-    }
     api.redis_prefix = config.redis_key_prefix.clone();
     api.events_stream = config.events_stream.clone();
     api.events_subject_prefix = config.events_subject_prefix.clone();
     api.policy = config.policy;
+    api.analyst = config.limits.analyst;
     Ok(api)
 }
 
@@ -78,6 +109,9 @@ pub struct System {
     /// Where HTTP, `/ws` and the operator endpoints answer (the bound port when
     /// `HTTP_ADDR` asked for port 0).
     pub http_addr: std::net::SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer when `OPS_ADDR` is set (the
+    /// bound port), and not on `http_addr`.
+    pub ops_addr: Option<std::net::SocketAddr>,
     /// The PostgreSQL store id, also the suffix of this store's Redis keys.
     pub store_id: uuid::Uuid,
     stop: watch::Sender<bool>,
@@ -108,11 +142,17 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = crate::metrics_setup::prometheus_builder()
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "bad histogram buckets; exporting summaries");
+                    PrometheusBuilder::new()
+                })
+                .build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows only this one's");
             }
+            crate::metrics_setup::register_rare_counters();
             handle
         })
         .clone()
@@ -141,23 +181,30 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<System> {
 
 /// [`start`] with the given adapters.
 pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Result<System> {
-    let metrics = metrics_handle();
-    let pool = connect(&config).await?;
-    migrations::run(&pool).await.context("migrations failed")?;
-    let store_id = migrations::store_id(&pool).await?;
-    metrics::gauge!("nebengjek_build_info", "version" => env!("CARGO_PKG_VERSION"), "store_id" => store_id.to_string())
-        .set(1.0);
-    let nats = async_nats::connect(&config.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at NATS_URL={}", config.nats_url))?;
-
+    // Fail closed, before anything connects: secrets, and a real SMS sender for the edge.
+    config.check_secrets()?;
     let serves_api = matches!(role, Role::All | Role::Api);
-    // Fail early on a missing JWT_SECRET, before anything starts.
-    let api_config = if serves_api {
+    let serves_commands = matches!(role, Role::All | Role::Commands);
+    let sms: Arc<dyn api::sms::SmsSender> = if serves_api {
+        sms_sender(&config)?
+    } else {
+        Arc::new(api::sms::LoggingSms)
+    };
+    let api_config = if serves_api || serves_commands {
         api_config(&config)?
     } else {
         api::ApiConfig::new(String::new())
     };
+
+    let metrics = metrics_handle();
+    let pool = connect(&config).await?;
+    migrations::run(&pool).await.context("migrations failed")?;
+    let store_id = migrations::store_id(&pool).await?;
+    // No store id here: /metrics may be scraped by more than operators, and the id is
+    // what a forged event-feed message would need.
+    metrics::gauge!("nebengjek_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let nats = connect_nats(&config).await?;
+    let health = projections::health::Health::default();
     let redis = connect_redis(&config).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
@@ -172,7 +219,8 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             store_id,
         )),
         ports.payments,
-    );
+    )
+    .with_command_rate(config.limits.command_rate);
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -181,11 +229,12 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
         health: migrations::consumers::Health::default(),
         backoff: config.consumer_retry,
     };
-    if matches!(role, Role::All | Role::Commands) {
+    if serves_commands {
         let (client, bus, stopped) = (nats.clone(), bus.clone(), stopped.clone());
         let prefix = config.command_subject_prefix.clone();
+        let tokens = commands::token::TokenVerifier::new(api_config.jwt_secret.as_bytes(), clock.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(error) = commands::nats::serve(client, bus, prefix, stopped).await {
+            if let Err(error) = commands::nats::serve(client, bus, tokens, prefix, stopped).await {
                 tracing::error!(%error, "NATS ingress stopped");
             }
         }));
@@ -232,10 +281,23 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             },
         )
         .await
-        .context("cannot set up the outbox relay (is JetStream enabled on NATS?)")?;
+        .context("cannot set up the outbox relay (is JetStream enabled on NATS?)")?
+        .with_health(health.clone());
         tasks.push(tokio::spawn(
             relay.run_supervised(supervision.clone(), stopped.clone()),
         ));
+        let signer = projections::audit_log::Signer::new(
+            pool.clone(),
+            Some(nats.clone()),
+            config.audit_signing_key()?,
+            projections::audit_log::AuditConfig {
+                head_interval: config.audit_tree_head_interval,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot set up the audit log (the AUDIT stream on JetStream)")?;
+        tasks.push(tokio::spawn(signer.run(stopped.clone())));
     }
 
     // The edge publishes drivers' pings to LOCATION and answers /v1/drivers/nearby.
@@ -258,14 +320,15 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             bus: bus.clone(),
             redis,
             nats: Some(nats.clone()),
-            sms: Arc::new(api::sms::LoggingSms),
+            sms,
             clock,
             metrics: Some(metrics),
             location: Some(location_publisher),
             geo: Some(geo_index),
+            health,
         },
     )
-    .with_health(supervision.health.clone());
+    .with_consumers(supervision.health.clone());
     let registry = state.registry().clone();
     let app = if serves_api {
         tasks.push(
@@ -278,27 +341,64 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
                     )
                 })?,
         );
-        api::router(state)
+        Some(api::public_router(state.clone(), config.ops_addr.is_none()))
+    } else if config.ops_addr.is_some() {
+        None
     } else {
-        api::ops_router(state)
+        Some(api::ops_router(state.clone()))
     };
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
-    let http_addr = listener.local_addr()?;
-    let listener = without_nagle(listener);
-    tracing::info!(addr = %http_addr, ?role, %store_id, "nebengjek is serving");
+    // The operator endpoints on their own address, when asked.
+    let ops = match config.ops_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on OPS_ADDR={addr}"))?;
+            let ops_addr = listener.local_addr()?;
+            let mut draining = stopped.clone();
+            let router = api::ops_router(state);
+            let server = tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = draining.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            });
+            Some((ops_addr, server))
+        }
+        None => None,
+    };
+    let ops_addr = ops.as_ref().map(|(addr, _)| *addr);
+    let (http_addr, listener) = match &app {
+        Some(_) => {
+            let listener = tokio::net::TcpListener::bind(config.http_addr)
+                .await
+                .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
+            (listener.local_addr()?, Some(listener))
+        }
+        // Nothing to serve on HTTP_ADDR: the operator endpoints are on OPS_ADDR.
+        None => (ops_addr.unwrap_or(config.http_addr), None),
+    };
+    tracing::info!(addr = %http_addr, ?ops_addr, ?role, %store_id, "nebengjek is serving");
     let mut draining = stopped.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = draining.wait_for(|stop| *stop).await;
-                tracing::info!("shutting down");
-                // WebSockets never end by themselves: tell them to go (1001) so apps
-                // reconnect to another process, and the server can drain.
-                registry.close_all();
-            })
-            .await?;
+        let shutdown = async move {
+            let _ = draining.wait_for(|stop| *stop).await;
+            tracing::info!("shutting down");
+            // WebSockets never end by themselves: tell them to go (1001) so apps
+            // reconnect to another process, and the server can drain.
+            registry.close_all();
+        };
+        match (listener, app) {
+            (Some(listener), Some(app)) => {
+                axum::serve(without_nagle(listener), app)
+                    .with_graceful_shutdown(shutdown)
+                    .await?;
+            }
+            _ => shutdown.await,
+        }
+        if let Some((_, ops)) = ops {
+            ops.await??;
+        }
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
@@ -306,6 +406,7 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
     });
     Ok(System {
         http_addr,
+        ops_addr,
         store_id,
         stop,
         server,

@@ -1052,20 +1052,25 @@ async fn two_drivers_accepting_at_once_one_wins_and_the_other_is_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_commands_on_the_systems_own_subjects_reach_websocket_clients_as_pushes() {
     let h = start(|_| {}).await;
-    let (passenger_id, _) = h.passenger().await;
+    let (passenger_id, passenger_token) = h.passenger().await;
     let (driver_id, driver_token) = h.driver("B 13 CC").await;
     let mut driver = online(&h, &driver_token, (-6.205, 106.8)).await;
     let nats = async_nats::connect(&h.config.nats_url).await.expect("NATS");
     let subject = format!("{}cmd.match.request", h.config.command_subject_prefix);
+    // The same token as on HTTP and the WebSocket, in the message header.
     let body = json!({
         "command_id": Uuid::now_v7().to_string(),
-        "actor": {"user_id": passenger_id, "role": "passenger"},
         "data": {"is_active": true, "pickup": point(PICKUP), "destination": point(DESTINATION)},
     });
-    let reply = tokio::time::timeout(support::WAIT, nats.request(subject, body.to_string().into()))
-        .await
-        .expect("a reply in time")
-        .expect("a reply");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Authorization", format!("Bearer {passenger_token}").as_str());
+    let reply = tokio::time::timeout(
+        support::WAIT,
+        nats.request_with_headers(subject, headers, body.to_string().into()),
+    )
+    .await
+    .expect("a reply in time")
+    .expect("a reply");
     let reply: Value = serde_json::from_slice(&reply.payload).expect("JSON");
     assert_eq!(reply["ok"], true, "{reply}");
     let match_id = uuid_of(&reply["result"]["match_id"]);

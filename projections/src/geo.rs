@@ -163,12 +163,29 @@ impl fmt::Debug for GeoIndex {
     }
 }
 
+// Whether GEOADD takes the position (lat within ±85.05112878, lon within ±180). Every
+// GEOADD of the scripts asks first: a script that failed half-way would leave the writes
+// before it in place (Redis does not roll a script back). The service area keeps such
+// positions out (domain::ServiceArea), so this guards what was stored before it did.
+const GEO_OK_LUA: &str = r"
+local function geo_ok(lat, lon)
+  local la, lo = tonumber(lat), tonumber(lon)
+  return la ~= nil and lo ~= nil and la >= -85.05112878 and la <= 85.05112878 and lo >= -180 and lo <= 180
+end
+";
+
+/// A script's text with the guard put in.
+fn with_geo_guard(script: &str) -> String {
+    script.replacen("GEO_OK", GEO_OK_LUA, 1)
+}
+
 // KEYS: positions, online, busy, available, offline. ARGV: cutoff, then per ping
 // id, lon, lat, at_ms, active ('1' beacon on, '0' beacon off, 'k' position only:
 // online unless the last beacon said offline), encoded position.
 // A ping older than the driver's stored position is dropped first (a redelivered or
 // replayed ping must not move a driver back: the command path records positions too).
 const PINGS_LUA: &str = r"
+GEO_OK
 local total = (#ARGV - 1) / 6
 local all = {}
 for i = 0, total - 1 do all[#all + 1] = ARGV[2 + i * 6] end
@@ -221,7 +238,7 @@ for i = 0, n - 1 do
   local b = 2 + i * 6
   local a = A[b + 4]
   local is_on = a == '1' or (a == 'k' and not offline[A[b]])
-  if is_on and not busy[i + 1] and tonumber(A[b + 3]) >= cutoff then
+  if is_on and not busy[i + 1] and tonumber(A[b + 3]) >= cutoff and geo_ok(A[b + 2], A[b + 1]) then
     add[#add + 1] = A[b + 1]
     add[#add + 1] = A[b + 2]
     add[#add + 1] = A[b]
@@ -235,6 +252,7 @@ return #add / 3
 ";
 
 const EVENTS_LUA: &str = r"
+GEO_OK
 local current = redis.call('GET', KEYS[5]) or '0'
 if current ~= ARGV[1] then return -1 end
 local cutoff = tonumber(ARGV[3])
@@ -261,7 +279,7 @@ for _, user in ipairs(order) do
     local pos = redis.call('HGET', KEYS[3], user)
     if seen and pos and tonumber(seen) >= cutoff then
       local lat, lon = string.match(pos, '^([^,]+),([^,]+),')
-      if lat then redis.call('GEOADD', KEYS[4], lon, lat, user) end
+      if lat and geo_ok(lat, lon) then redis.call('GEOADD', KEYS[4], lon, lat, user) end
     end
   end
 end
@@ -342,7 +360,7 @@ impl GeoIndex {
         for (i, p) in pings.iter().enumerate() {
             last.insert(p.driver_id, i);
         }
-        let script = Script::new(PINGS_LUA);
+        let script = Script::new(&with_geo_guard(PINGS_LUA));
         let mut inv = script.prepare_invoke();
         inv.key(&self.keys.positions)
             .key(&self.keys.online)
@@ -406,7 +424,7 @@ impl GeoIndex {
         ops: &[[String; 4]],
     ) -> Result<BatchOutcome, GeoError> {
         let span = tracing::debug_span!("geo_projection_batch", after, last, ops = ops.len());
-        let script = Script::new(EVENTS_LUA);
+        let script = Script::new(&with_geo_guard(EVENTS_LUA));
         let mut inv = script.prepare_invoke();
         inv.key(&self.keys.busy)
             .key(&self.keys.online)

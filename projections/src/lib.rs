@@ -11,8 +11,12 @@
 //!   [`run`] (the long-running loop woken by `LISTEN nebengjek_events`, reporting lag),
 //!   [`rebuild()`] (from position 0 into shadow tables, switched in: see [`mod@rebuild`]) and the
 //!   [`Fault`] hook tests use to crash a batch at a chosen step.
+//! - [`audit_log`]: the Merkle audit log over every event, its signed tree heads on
+//!   JetStream `AUDIT` (a singleton signer), proofs read from the stored tree.
 //! - [`relay`]: the outbox relay, the feed onto JetStream `EVENTS` in order, each
-//!   event once (a singleton per stream, resuming from the stream's own end).
+//!   event once (a singleton per stream, resuming from the stream's own end once it
+//!   has checked that end is the store's event); [`health`] records a component that
+//!   stopped on purpose, for `/readyz`.
 //! - [`rows`]: the rides read models as Rust rows — folded from events in memory,
 //!   read from the tables, written by `COPY` — for bulk rebuilds and audits.
 //! - [`read_models`]: the projectors themselves, [`RidesProjector`] (rides, the
@@ -43,9 +47,11 @@
 //! `projections` never depends on `commands`: they meet in the `domain` event types and
 //! the schema in `migrations`.
 
+pub mod audit_log;
 pub mod compare;
 pub mod copy_text;
 pub mod geo;
+pub mod health;
 pub mod location;
 pub mod read_models;
 pub mod rebuild;

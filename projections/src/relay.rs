@@ -21,6 +21,19 @@
 //!
 //! Positions in the stream are namespaced by the store id (SPEC.md §4 "Redis"): a
 //! deployment pointed at a new database does not resume from the old one's position.
+//!
+//! ## A forged tail stops the relay
+//! Whoever can publish on the stream's subjects could put a message at its end that
+//! claims this store's id and a far position; resuming from it would skip every event
+//! up to there, and pushes would stop. So before it resumes from the stream's last
+//! message, the relay checks that it *is* the store's event at that position: the
+//! `Nats-Msg-Id` is the event's id and the body is the event's envelope, field for
+//! field. Otherwise it publishes nothing ([`RelayError::ForgedTail`]): it logs why,
+//! sets the gauge [`FORGED_TAIL_GAUGE`] to 1 and records itself as stopped in
+//! [`Health`] (`/readyz` answers 503 naming `relay`), and checks again each wake-up,
+//! so it resumes by itself once an operator has removed the message. The NATS server's
+//! permissions (`deploy/nats/nats-server.conf`) keep clients from publishing there in
+//! the first place; this is the second gate.
 
 use std::time::Duration;
 
@@ -32,6 +45,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::health::Health;
 use crate::runtime::{checkpoint, listen, FALLBACK_WAKE};
 
 /// Header carrying the store id of the event.
@@ -40,6 +54,11 @@ pub const STORE_ID_HEADER: &str = "Nebengjek-Store-Id";
 pub const POSITION_HEADER: &str = "Nebengjek-Position";
 /// The gauge of how many events the relay is behind the store's head.
 pub const LAG_GAUGE: &str = "nebengjek_relay_lag_events";
+/// The gauge that is 1 while the relay refuses to resume after a stream tail that is
+/// not the store's event, 0 otherwise.
+pub const FORGED_TAIL_GAUGE: &str = "nebengjek_relay_forged_tail";
+/// The relay's name in [`Health`] and on `/readyz`.
+pub const COMPONENT: &str = "relay";
 
 /// Where the relay publishes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +103,19 @@ pub enum RelayError {
     /// A test asked the relay to stop here, as a crash would.
     #[error("injected fault after {0} messages of the batch")]
     Injected(usize),
+    /// The stream's last message claims to be this store's event but is not: the
+    /// relay will not resume from it.
+    #[error("the last message of stream {stream} (sequence {sequence}) claims to be this store's event at position {position} but {reason}; not resuming from a forged position: remove the message, then the relay goes on")]
+    ForgedTail {
+        /// The stream.
+        stream: String,
+        /// The message's stream sequence.
+        sequence: u64,
+        /// The position it claims.
+        position: i64,
+        /// What does not match.
+        reason: String,
+    },
 }
 
 fn js_error(e: impl std::fmt::Display) -> RelayError {
@@ -107,6 +139,7 @@ pub struct Relay {
     js: jetstream::Context,
     config: RelayConfig,
     store_id: Uuid,
+    health: Health,
 }
 
 /// The `EVENTS` stream as every process creates it (the relay that writes it, the edges
@@ -139,7 +172,15 @@ impl Relay {
             js,
             config,
             store_id,
+            health: Health::default(),
         })
+    }
+
+    /// Reports a refusal to resume to `health` (the process's, for `/readyz`).
+    #[must_use]
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Its configuration.
@@ -164,7 +205,10 @@ impl Relay {
                     let id =
                         header(async_nats::header::NATS_MESSAGE_ID.as_ref()).and_then(|i| i.parse().ok());
                     match (ours, position) {
-                        (true, Some(position)) => Some((position, id)),
+                        (true, Some(position)) => {
+                            self.check_tail(last, position, id, &message.payload).await?;
+                            Some((position, id))
+                        }
                         _ => None,
                     }
                 }
@@ -185,6 +229,42 @@ impl Relay {
                 last_event_id: None,
             },
         })
+    }
+
+    /// Checks that the stream's last message (sequence `sequence`), which claims to be
+    /// this store's event at `position`, is that event: its id, and its body field for
+    /// field.
+    async fn check_tail(
+        &self,
+        sequence: u64,
+        position: i64,
+        id: Option<Uuid>,
+        payload: &[u8],
+    ) -> Result<(), RelayError> {
+        let forged = |reason: String| RelayError::ForgedTail {
+            stream: self.config.stream.clone(),
+            sequence,
+            position,
+            reason,
+        };
+        let stored = migrations::read_feed(&self.pool, position - 1, 1).await?;
+        let Some(event) = stored.into_iter().next().filter(|e| e.position == position) else {
+            return Err(forged("the store has no event at that position".into()));
+        };
+        if id.is_none() || id != event.event_id() {
+            return Err(forged(format!(
+                "its Nats-Msg-Id {id:?} is not the event's id {:?}",
+                event.event_id()
+            )));
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| forged(format!("its body is not JSON: {e}")))?;
+        let expected =
+            serde_json::to_value(event.envelope()).map_err(|e| RelayError::Event(position, e.to_string()))?;
+        if body != expected {
+            return Err(forged("its body is not the event's envelope".into()));
+        }
+        Ok(())
     }
 
     /// Publishes up to `config.batch` events after `from`, waits for every
@@ -282,6 +362,8 @@ impl Relay {
     /// An error stops the relay where it is (an event is never skipped): it is reported
     /// stalled at that position (see [`migrations::consumers`]) and retried after the
     /// backoff's delay with a fresh resume from the stream's end.
+    /// A forged tail stops it (gauge, [`Health`]) until the stream's end is the store's
+    /// again.
     pub async fn run_supervised(self, supervision: Supervision, mut shutdown: watch::Receiver<bool>) {
         let Some(_lock) = self.lock(&mut shutdown).await else {
             return;
@@ -294,6 +376,8 @@ impl Relay {
         );
         let mut listener = listen(&self.pool).await;
         let mut at: Option<Resume> = None;
+        let mut forged: Option<String> = None;
+        metrics::gauge!(FORGED_TAIL_GAUGE).set(0.0);
         loop {
             let mut reached = at.map(|p| p.position);
             let result = async {
@@ -314,7 +398,22 @@ impl Relay {
             let head = migrations::head_position(&self.pool).await.ok();
             let mut retry = None;
             match result {
+                Err(error @ RelayError::ForgedTail { .. }) => {
+                    let reason = error.to_string();
+                    if forged.as_ref() != Some(&reason) {
+                        tracing::error!(%error, "relay stopped");
+                        metrics::gauge!(FORGED_TAIL_GAUGE).set(1.0);
+                        self.health.stop(COMPONENT, reason.clone());
+                        forged = Some(reason);
+                    }
+                    at = None;
+                }
                 Ok(p) => {
+                    if forged.take().is_some() {
+                        tracing::info!("the stream's end is the store's event again; relay resumed");
+                        metrics::gauge!(FORGED_TAIL_GAUGE).set(0.0);
+                        self.health.clear(COMPONENT);
+                    }
                     at = Some(p);
                     let lag = head.map(|h| (h - p.position).max(0));
                     if let Some(lag) = lag {

@@ -251,3 +251,134 @@ async fn the_running_relay_follows_new_events_and_a_second_one_stands_by() {
     let _ = tokio::time::timeout(Duration::from_secs(5), b).await;
     js.delete_stream(&config.stream).await.ok();
 }
+
+/// A message that claims this store's id at the stream's end (published by anyone who
+/// can publish on the subjects) is checked against the store before the relay resumes
+/// from it: a far position, a wrong event id, or a right id with another body stops
+/// the relay (no event published, `Health` names it) instead of skipping events; once
+/// the message is gone, the relay goes on by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_message_at_the_stream_tail_stops_the_relay_instead_of_resuming_from_it() {
+    use projections::relay::{RelayError, STORE_ID_HEADER};
+    let w = world().await;
+    workload(&w, 13, 3).await;
+    let config = config(100).await;
+    // A short duplicate window, so that a forgery may reuse a real event id (JetStream
+    // would otherwise drop it as a repeat, for two minutes).
+    let mut short_window = projections::relay::events_stream_config(&config.stream, &config.subject_prefix);
+    short_window.duplicate_window = Duration::from_millis(100);
+    jetstream::new(nats().await)
+        .create_stream(short_window)
+        .await
+        .expect("stream");
+    let relay = Relay::new(w.pool.clone(), nats().await, config.clone())
+        .await
+        .expect("relay");
+    relay.drain().await.expect("drain");
+    let head = head(&w.pool).await;
+    let store_id = migrations::store_id(&w.pool).await.expect("store id");
+    let last = migrations::read_feed(&w.pool, head - 1, 1)
+        .await
+        .expect("feed")
+        .remove(0);
+    let js = jetstream::new(nats().await);
+    let forge = |position: i64, id: uuid::Uuid, body: Vec<u8>| {
+        let js = js.clone();
+        let subject = format!("{}.ride.created", config.subject_prefix);
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(STORE_ID_HEADER, store_id.to_string().as_str());
+            headers.insert(POSITION_HEADER, position.to_string().as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string().as_str());
+            js.publish_with_headers(subject, headers, body.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored")
+                .sequence
+        }
+    };
+    let mut envelope = serde_json::to_value(last.envelope()).unwrap();
+    let cases = [
+        // Far ahead: resuming would skip a million events.
+        (head + 1_000_000, uuid::Uuid::now_v7(), b"{}".to_vec()),
+        // The right position, another id.
+        (head, uuid::Uuid::now_v7(), serde_json::to_vec(&envelope).unwrap()),
+        // The right position and id, another body.
+        (head, last.event_id().unwrap(), {
+            envelope["payload"] = serde_json::json!({"fare": 1});
+            serde_json::to_vec(&envelope).unwrap()
+        }),
+    ];
+    let stream = js.get_stream(&config.stream).await.expect("stream");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (position, id, body) in cases {
+        let sequence = forge(position, id, body).await;
+        let error = relay.resume().await.expect_err("a forged tail is refused");
+        assert!(
+            matches!(error, RelayError::ForgedTail { position: p, .. } if p == position),
+            "{error}"
+        );
+        stream.delete_message(sequence).await.expect("remove the forgery");
+    }
+
+    // The running relay: a forged tail, then new events. Nothing is published and
+    // health names the relay; the message removed, every event follows once.
+    forge(head + 1_000_000, uuid::Uuid::now_v7(), b"{}".to_vec()).await;
+    let health = projections::health::Health::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(relay.clone().with_health(health.clone()).run(stopped));
+    workload(&w, 17, 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !health.stopped().contains_key("relay") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay reports itself stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        health.stopped()["relay"].contains("position"),
+        "{:?}",
+        health.stopped()
+    );
+    let info = js
+        .get_stream(&config.stream)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(
+        info.state.messages as i64,
+        head + 1,
+        "nothing published after the forgery"
+    );
+    stream
+        .delete_message(info.state.last_sequence)
+        .await
+        .expect("remove");
+    let new_head = self::head(&w.pool).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = js
+            .get_stream(&config.stream)
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap();
+        if info.state.messages as i64 == new_head && health.stopped().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay resumes once the forgery is gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    let _ = running.await;
+    assert_once_in_order(&consume_all(&config).await, new_head, &config.subject_prefix);
+    js.delete_stream(&config.stream).await.ok();
+}

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use domain::chain::{event_hash_text, CanonicalError, HashedFields, GENESIS};
+use domain::chain::{event_hash_text, HashError, HashedFields, GENESIS};
 use futures::TryStreamExt;
 use projections::compare::compare_live;
 use projections::rows::{parse_ride_event, At, RideFold, RowDiff};
@@ -64,6 +64,7 @@ struct Row<'a> {
     metadata: &'a str,
     recorded_at: DateTime<Utc>,
     hash: &'a [u8],
+    hash_version: i16,
 }
 
 /// Rows as read, their variable-length fields packed into two buffers: a handful of
@@ -86,6 +87,7 @@ struct Packed {
     text_start: usize,
     text_ends: [usize; 4],
     hash: std::ops::Range<usize>,
+    hash_version: i16,
 }
 
 impl Batch {
@@ -118,6 +120,7 @@ impl Batch {
             text_start,
             text_ends,
             hash: hash_start..self.bytes.len(),
+            hash_version: row.try_get(10)?,
         });
         Ok(())
     }
@@ -146,6 +149,7 @@ impl Batch {
                 metadata: &self.text[t2..t3],
                 recorded_at: p.recorded_at,
                 hash: &self.bytes[p.hash.clone()],
+                hash_version: p.hash_version,
             }
         })
     }
@@ -195,7 +199,7 @@ fn check_all(
                 });
             if let Err(e) = check_link(c, &row, &mut report.chain_breaks) {
                 report.unreadable.push(format!(
-                    "{} {} #{}: payload or metadata {e}",
+                    "{} {} #{}: cannot hash it: {e}",
                     row.aggregate_type, row.aggregate_id, row.sequence
                 ));
                 continue;
@@ -290,7 +294,7 @@ pub async fn verify(
     {
         let sql = format!(
             "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
-             payload::text AS payload, metadata::text AS metadata, recorded_at, hash \
+             payload::text AS payload, metadata::text AS metadata, recorded_at, hash, hash_version \
              FROM events{scope} ORDER BY position"
         );
         let mut rows = sqlx::query(&sql).bind(from).bind(to).fetch(pool);
@@ -378,7 +382,7 @@ pub async fn verify(
 
 /// Checks one link of `chain`; an error when the event's JSON cannot be read (its hash
 /// cannot be computed then, and the chain is left where it was).
-fn check_link(chain: &mut Chain, row: &Row<'_>, breaks: &mut Vec<ChainBreak>) -> Result<(), CanonicalError> {
+fn check_link(chain: &mut Chain, row: &Row<'_>, breaks: &mut Vec<ChainBreak>) -> Result<(), HashError> {
     let broken = |sequence: i64, problem: String| ChainBreak {
         aggregate_type: row.aggregate_type.to_owned(),
         aggregate_id: row.aggregate_id,
@@ -397,6 +401,7 @@ fn check_link(chain: &mut Chain, row: &Row<'_>, breaks: &mut Vec<ChainBreak>) ->
     let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let id = row.aggregate_id.hyphenated().encode_lower(&mut id);
     let computed = event_hash_text(
+        row.hash_version,
         &chain.prev,
         &HashedFields::<str> {
             aggregate_type: row.aggregate_type,

@@ -7,24 +7,32 @@
 //! - [`audit`]: `verify` — every hash chain, and rides / billing_ledger / payments
 //!   folded from the events and diffed with the live tables, in one pass;
 //! - [`status`]: every consumer of the feed, its checkpoint, lag, stall and last error;
+//! - [`report`]: the JSON reports of `verify --json` and `billing period --json`;
+//! - [`audit_log`]: `audit verify --receipt`, a signed tree head an auditor kept
+//!   checked against the events (the proofs themselves are `projections::audit_log`);
+//! - [`runs`]: each `verify` run recorded in the table `verify_runs`;
 //! - this module: the chain checks themselves ([`verify_stream`], [`verify_chains`]).
 //!
 //! Rebuilds are `projections::rebuild`, driven by the binary with a progress bar.
 //!
 //! ## What `verify_chains` proves
 //! For each aggregate: sequences run 1, 2, 3 … without a hole; each event's hash is
-//! `domain::chain::event_hash(previous hash, its stored fields)`; and the last event is
+//! `domain::chain::event_hash_versioned(its hash_version, previous hash, its stored
+//! fields)`; and the last event is
 //! the head recorded in `streams` (same version, same hash). So an edited payload or
 //! metadata breaks its own hash, a deleted event in the middle breaks the sequence and
 //! the next link, and a deleted *last* event leaves `streams` pointing past the end.
 
 pub mod audit;
+pub mod audit_log;
 pub mod billing;
 pub mod status;
+pub mod report;
+pub mod runs;
 
 use std::collections::HashMap;
 
-use domain::chain::{event_hash, HashedFields, GENESIS};
+use domain::chain::{event_hash_versioned, HashedFields, GENESIS};
 use futures::TryStreamExt;
 use migrations::StoredEvent;
 use sqlx::PgPool;
@@ -53,9 +61,13 @@ impl std::fmt::Display for ChainBreak {
     }
 }
 
-/// Verifies one aggregate's events (in sequence order) against its recorded head
-/// `(version, head_hash)`.
-pub fn verify_stream(events: &[StoredEvent], head: Option<&(i64, Vec<u8>)>) -> Vec<ChainBreak> {
+/// Verifies one aggregate's events (in sequence order; `hash_versions[i]` is the chain
+/// version of `events[i]`) against its recorded head `(version, head_hash)`.
+pub fn verify_stream(
+    events: &[StoredEvent],
+    hash_versions: &[i16],
+    head: Option<&(i64, Vec<u8>)>,
+) -> Vec<ChainBreak> {
     let mut breaks = Vec::new();
     let Some(first) = events.first() else {
         return breaks;
@@ -79,26 +91,32 @@ pub fn verify_stream(events: &[StoredEvent], head: Option<&(i64, Vec<u8>)>) -> V
             ));
         }
         let id = event.aggregate_id.to_string();
-        let computed = event_hash(
-            &prev,
-            &HashedFields {
-                aggregate_type: &event.aggregate_type,
-                aggregate_id: &id,
-                sequence: event.sequence,
-                event_type: &event.event_type,
-                event_version: event.event_version,
-                payload: &event.payload,
-                metadata: &event.metadata,
-            },
-        );
-        if computed.as_slice() != event.hash.as_slice() {
-            breaks.push(broken(
+        let fields = HashedFields {
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: event.event_version,
+            payload: &event.payload,
+            metadata: &event.metadata,
+        };
+        let version = hash_versions
+            .get(i)
+            .copied()
+            .unwrap_or(domain::chain::CHAIN_VERSION);
+        match event_hash_versioned(version, &prev, &fields) {
+            Ok(computed) if computed.as_slice() == event.hash.as_slice() => {}
+            Ok(_) => breaks.push(broken(
                 event.sequence,
                 format!(
                     "{} event does not match its hash (edited, or its predecessor was)",
                     event.event_type
                 ),
-            ));
+            )),
+            Err(error) => breaks.push(broken(
+                event.sequence,
+                format!("{} event: {error}", event.event_type),
+            )),
         }
         prev = event.hash.clone();
     }
@@ -123,6 +141,14 @@ pub fn verify_stream(events: &[StoredEvent], head: Option<&(i64, Vec<u8>)>) -> V
     breaks
 }
 
+/// An event with its chain version.
+#[derive(sqlx::FromRow)]
+struct Versioned {
+    #[sqlx(flatten)]
+    event: StoredEvent,
+    hash_version: i16,
+}
+
 /// Verifies every aggregate's chain; returns what is broken (empty when all is well)
 /// and how many events were checked.
 pub async fn verify_chains(pool: &PgPool) -> Result<(Vec<ChainBreak>, u64), sqlx::Error> {
@@ -138,30 +164,34 @@ pub async fn verify_chains(pool: &PgPool) -> Result<(Vec<ChainBreak>, u64), sqlx
     let mut breaks = Vec::new();
     let mut checked = 0u64;
     let mut current: Vec<StoredEvent> = Vec::new();
-    let mut rows = sqlx::query_as::<_, StoredEvent>(
+    let mut versions: Vec<i16> = Vec::new();
+    let mut rows = sqlx::query_as::<_, Versioned>(
         "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-         recorded_at, hash FROM events ORDER BY aggregate_type, aggregate_id, sequence",
+         recorded_at, hash, hash_version FROM events ORDER BY aggregate_type, aggregate_id, sequence",
     )
     .fetch(pool);
-    let mut flush = |current: &mut Vec<StoredEvent>, breaks: &mut Vec<ChainBreak>| {
-        if let Some(first) = current.first() {
-            let key = (first.aggregate_type.clone(), first.aggregate_id);
-            breaks.extend(verify_stream(current, heads.get(&key)));
-            seen.insert(key, ());
-        }
-        current.clear();
-    };
-    while let Some(event) = rows.try_next().await? {
+    let mut flush =
+        |current: &mut Vec<StoredEvent>, versions: &mut Vec<i16>, breaks: &mut Vec<ChainBreak>| {
+            if let Some(first) = current.first() {
+                let key = (first.aggregate_type.clone(), first.aggregate_id);
+                breaks.extend(verify_stream(current, versions, heads.get(&key)));
+                seen.insert(key, ());
+            }
+            current.clear();
+            versions.clear();
+        };
+    while let Some(Versioned { event, hash_version }) = rows.try_next().await? {
         checked += 1;
         let same = current.first().is_some_and(|f| {
             f.aggregate_id == event.aggregate_id && f.aggregate_type == event.aggregate_type
         });
         if !same {
-            flush(&mut current, &mut breaks);
+            flush(&mut current, &mut versions, &mut breaks);
         }
         current.push(event);
+        versions.push(hash_version);
     }
-    flush(&mut current, &mut breaks);
+    flush(&mut current, &mut versions, &mut breaks);
     for ((t, i), (version, _)) in &heads {
         if !seen.contains_key(&(t.clone(), *i)) {
             breaks.push(ChainBreak {

@@ -61,6 +61,10 @@ enum Command {
         /// query side by side with the live tables.
         #[arg(long)]
         scratch: bool,
+        /// Print the report as one JSON document on stdout (the summary goes to
+        /// stderr): `passed`, counts, `chain_breaks`, `row_diffs`, `unreadable`.
+        #[arg(long)]
+        json: bool,
     },
     /// Rebuild a read model from position 0 into shadow tables and switch them in
     /// (readers never see a half-built table). Shows progress and events/s.
@@ -80,12 +84,68 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// The audit log (SPEC.md "Audit proofs"): signed tree heads and proofs, JSON on
+    /// stdout.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// An aggregate's raw event stream, one JSON object a line.
     Events {
         /// `ride` or `match`.
         aggregate_type: String,
         /// The aggregate's id.
         id: Uuid,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// `{key_id, public_key}` of the signing key (base64 of the raw 32 bytes).
+    PublicKey {
+        /// The signing key (PKCS#8 PEM).
+        #[arg(long, env = "AUDIT_SIGNING_KEY_FILE", default_value = projections::audit_log::DEVELOPMENT_KEY_FILE)]
+        key_file: std::path::PathBuf,
+    },
+    /// A signed tree head: the latest, or the one of `--size` leaves.
+    TreeHead {
+        /// The head of this many leaves.
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// `{leaf_index, tree_size, leaf_hash, audit_path}`: the event at `--position` is
+    /// leaf `position - 1` of the tree of `--size` leaves (default: the latest signed
+    /// head's).
+    ProveInclusion {
+        /// The event's position.
+        #[arg(long)]
+        position: u64,
+        /// The tree's size.
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// `{first, second, proof}`: the tree of `--to` leaves (default: the latest signed
+    /// head's) extends the tree of `--from` leaves (RFC 9162 §2.1.4).
+    ProveConsistency {
+        /// The older size (at least 1).
+        #[arg(long)]
+        from: u64,
+        /// The newer size.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Exits 0 only if the log still extends the signed tree head in `--receipt`:
+    /// checks its signature, recomputes the tree from the events up to its size, and
+    /// names the first stored signed head that no longer matches.
+    Verify {
+        /// A signed tree head saved earlier (`audit tree-head > receipt.json`).
+        #[arg(long)]
+        receipt: std::path::PathBuf,
+        /// The public key (base64, as `audit public-key` prints it); by default the
+        /// one of the signing key file.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// The signing key, when `--public-key` is not given.
+        #[arg(long, env = "AUDIT_SIGNING_KEY_FILE", default_value = projections::audit_log::DEVELOPMENT_KEY_FILE)]
+        key_file: std::path::PathBuf,
     },
 }
 
@@ -99,6 +159,11 @@ enum BillingCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Print JSON with each event of the ride and its inclusion proof against the
+        /// latest signed tree head, so anyone with the public key can check the fare's
+        /// history.
+        #[arg(long)]
+        with_proof: bool,
     },
     /// The billing ledger of a period, replayed from the events.
     Period {
@@ -114,6 +179,10 @@ enum BillingCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Print a JSON report instead (the period, totals per kind, every entry);
+        /// `--format json` prints the bare entries.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
     },
 }
 
@@ -278,16 +347,40 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Billing(BillingCommand::Ride { ride_id, format }) => {
+        Command::Billing(BillingCommand::Ride {
+            ride_id,
+            format,
+            with_proof: true,
+        }) => {
+            let _ = format;
+            billing_ride_with_proof(&pool, ride_id).await
+        }
+        Command::Billing(BillingCommand::Ride { ride_id, format, .. }) => {
             billing_ride(&pool, ride_id, format).await
         }
+        Command::Audit(command) => audit(&pool, command).await,
         Command::Billing(BillingCommand::Period {
             from,
             to,
             driver,
             format,
-        }) => billing_period(&pool, from, to, driver, format).await,
-        Command::Verify { from, to, scratch } => verify(&pool, from.zip(to), scratch).await,
+            json,
+        }) => {
+            if json {
+                let entries = billing::period(&pool, from, to, driver).await?;
+                let report = replay_tools::report::PeriodJson::new(entries, from, to, driver);
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(0)
+            } else {
+                billing_period(&pool, from, to, driver, format).await
+            }
+        }
+        Command::Verify {
+            from,
+            to,
+            scratch,
+            json,
+        } => verify(&pool, from.zip(to), scratch, json).await,
         Command::Status { format } => consumer_status(&pool, format).await,
         Command::Rebuild { projection } => {
             let projectors: Vec<Box<dyn Projector>> = match projection {
@@ -482,9 +575,11 @@ async fn verify(
     pool: &PgPool,
     window: Option<(DateTime<Utc>, DateTime<Utc>)>,
     scratch: bool,
+    json: bool,
 ) -> anyhow::Result<i32> {
     let progress = bar(0, "verify");
     let started = Instant::now();
+    let started_at = Utc::now();
     let report = audit::verify(pool, window, scratch, &|done, total| {
         progress.set_length(total.max(1));
         progress.set_position(done);
@@ -492,19 +587,31 @@ async fn verify(
     .await?;
     progress.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    if json {
+        let out = replay_tools::report::VerifyJson::new(&report, window, secs);
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    // With --json the human lines go to stderr, so stdout is the document alone.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     for b in &report.chain_breaks {
-        println!("TAMPERED {b}");
+        say(format!("TAMPERED {b}"));
     }
     for d in &report.row_diffs {
-        println!("DIFFERS {d}");
+        say(format!("DIFFERS {d}"));
     }
     for u in &report.unreadable {
-        println!("UNREADABLE {u}");
+        say(format!("UNREADABLE {u}"));
     }
     if let Some(schema) = &report.scratch_schema {
-        println!("the rows the events imply are in schema {schema}");
+        say(format!("the rows the events imply are in schema {schema}"));
     }
-    println!(
+    say(format!(
         "verify: {} events of {} aggregates, {} rides compared with the read models in {secs:.1} s ({:.0} events/s): {}",
         report.events,
         report.aggregates,
@@ -520,6 +627,152 @@ async fn verify(
                 report.unreadable.len()
             )
         }
-    );
+    ));
+    // The run is recorded for operators and the console; a store that cannot take the
+    // row (a read-only replica) still gets its verdict, with a warning.
+    if let Err(error) =
+        replay_tools::runs::record_verify_run(pool, &report, started_at, Utc::now(), window).await
+    {
+        eprintln!("warning: this run could not be recorded in verify_runs: {error}");
+    }
     Ok(if report.passed() { 0 } else { 1 })
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn latest_head(pool: &PgPool) -> anyhow::Result<domain::merkle::SignedTreeHead> {
+    projections::audit_log::stored_head(pool, None)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!("no signed tree head yet (is `nebengjek serve` running its projections role?)")
+        })
+}
+
+async fn audit(pool: &PgPool, command: AuditCommand) -> anyhow::Result<i32> {
+    use domain::merkle;
+    use projections::audit_log;
+    match command {
+        AuditCommand::PublicKey { key_file } => {
+            let key = audit_log::read_signing_key(&key_file)
+                .map_err(|e| anyhow::anyhow!("AUDIT_SIGNING_KEY_FILE: {e}"))?
+                .verifying_key();
+            print_json(&serde_json::json!({
+                "key_id": merkle::key_id(&key),
+                "public_key": merkle::public_key_base64(&key),
+            }))?;
+        }
+        AuditCommand::TreeHead { size } => {
+            let head = audit_log::stored_head(pool, size)
+                .await?
+                .ok_or_else(|| match size {
+                    Some(n) => anyhow::anyhow!("no signed tree head of size {n}"),
+                    None => anyhow::anyhow!("no signed tree head yet"),
+                })?;
+            print_json(&head)?;
+        }
+        AuditCommand::ProveInclusion { position, size } => {
+            let size = match size {
+                Some(n) => n,
+                None => latest_head(pool).await?.tree_size,
+            };
+            if position == 0 || position > size {
+                anyhow::bail!(
+                    "--position {position} is not in a tree of {size} events (positions 1..={size})"
+                );
+            }
+            let (proof, _) = audit_log::prove_inclusion(pool, position - 1, size).await?;
+            print_json(&proof)?;
+        }
+        AuditCommand::ProveConsistency { from, to } => {
+            let to = match to {
+                Some(n) => n,
+                None => latest_head(pool).await?.tree_size,
+            };
+            print_json(&audit_log::prove_consistency(pool, from, to).await?)?;
+        }
+        AuditCommand::Verify {
+            receipt,
+            public_key,
+            key_file,
+        } => {
+            let name = receipt.display().to_string();
+            let text = std::fs::read_to_string(&receipt)
+                .with_context(|| format!("cannot read the receipt {name}"))?;
+            let head: merkle::SignedTreeHead = serde_json::from_str(&text)
+                .with_context(|| format!("the receipt {name} is not a signed tree head {{tree_size, root_hash, timestamp, key_id, signature}}"))?;
+            let key = match public_key {
+                Some(b64) => merkle::public_key_from_base64(&b64)?,
+                None => audit_log::read_signing_key(&key_file)
+                    .map_err(|e| anyhow::anyhow!("AUDIT_SIGNING_KEY_FILE: {e} (or give --public-key)"))?
+                    .verifying_key(),
+            };
+            let report = replay_tools::audit_log::verify_receipt(pool, &name, &head, &key).await?;
+            print_json(&report)?;
+            if !report.ok {
+                eprintln!(
+                    "FAILED receipt {name} (tree_size {}): {}",
+                    report.tree_size,
+                    report.problems.join("; ")
+                );
+                match &report.first_mismatching_head {
+                    Some(h) => eprintln!(
+                        "the first signed tree head that no longer matches: tree_size {} signed at {} (root {})",
+                        h.tree_size, h.timestamp, h.root_hash
+                    ),
+                    None => eprintln!("no stored signed tree head was found not to match"),
+                }
+                return Ok(1);
+            }
+            eprintln!(
+                "receipt {name}: the log still extends it ({} events checked)",
+                report.events_checked
+            );
+        }
+    }
+    Ok(0)
+}
+
+async fn billing_ride_with_proof(pool: &PgPool, ride_id: Uuid) -> anyhow::Result<i32> {
+    let Some(b) = billing::ride(pool, ride_id).await? else {
+        println!("no events for ride {ride_id}");
+        return Ok(1);
+    };
+    let head = latest_head(pool).await?;
+    let rows: Vec<(i64, i64, String, Vec<u8>, i16)> = sqlx::query_as(
+        "SELECT position, sequence, event_type, hash, hash_version FROM events \
+         WHERE aggregate_type = 'ride' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(ride_id)
+    .fetch_all(pool)
+    .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (position, sequence, event_type, hash, hash_version) in rows {
+        let inclusion = if position as u64 <= head.tree_size {
+            Some(
+                projections::audit_log::prove_inclusion(pool, position as u64 - 1, head.tree_size)
+                    .await?
+                    .0,
+            )
+        } else {
+            None
+        };
+        events.push(serde_json::json!({
+            "position": position,
+            "sequence": sequence,
+            "event_type": event_type,
+            "hash": domain::merkle::to_hex(&hash),
+            "hash_version": hash_version,
+            "inclusion": inclusion,
+        }));
+    }
+    print_json(&serde_json::json!({
+        "ride_id": ride_id,
+        "billing": b,
+        "tree_head": head,
+        "events": events,
+    }))?;
+    Ok(if b.differences.is_empty() { 0 } else { 1 })
 }

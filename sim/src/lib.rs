@@ -60,7 +60,16 @@ pub struct SimConfig {
     pub login_concurrency: usize,
     /// The longest ramp: the window opens after this even if users are still logging in.
     pub ramp_timeout: Duration,
+    /// End the run close to the window's end (the demo): no new ride starts in the
+    /// window's last third (at most [`RIDE_BUDGET`]), a passenger still waiting for a
+    /// driver when the window closes cancels the match, and drivers go home as soon as
+    /// they have no ride. Without it (a measured load run) every ride started in the
+    /// window is given time to finish.
+    pub wind_down: bool,
 }
+
+/// About how long one simulated ride takes from request to payment.
+pub const RIDE_BUDGET: Duration = Duration::from_secs(12);
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -74,6 +83,7 @@ impl Default for SimConfig {
             ack_log: None,
             login_concurrency: 64,
             ramp_timeout: Duration::from_secs(600),
+            wind_down: false,
         }
     }
 }
@@ -99,6 +109,29 @@ pub struct Snapshot {
     pub ack_p50_ms: f64,
     /// Ack latency 99th percentile so far, of the current phase.
     pub ack_p99_ms: f64,
+    /// `ramp`, `window`, or `finishing` (the window closed; rides in flight end).
+    pub phase: &'static str,
+    /// Passengers' rides between request and completion (or giving up) now.
+    pub rides_in_flight: u64,
+}
+
+/// One second (one progress tick) of the run: the chart of `nebengjek load --report`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    /// Seconds since start, at the end of the interval.
+    pub t_s: f64,
+    /// Commands sent in the interval, per second.
+    pub commands_per_s: f64,
+    /// Acks read in the interval.
+    pub acks: u64,
+    /// Ack latency of the acks read in the interval (0 when none).
+    pub ack_p50_ms: f64,
+    /// The same, 99th percentile.
+    pub ack_p99_ms: f64,
+    /// Sockets open at the end of the interval.
+    pub clients: usize,
+    /// The phase at the end of the interval.
+    pub phase: &'static str,
 }
 
 /// Latency quantiles in milliseconds.
@@ -193,6 +226,8 @@ pub struct Report {
     pub errors_total: u64,
     pub rides_per_s: f64,
     pub commands_per_s: f64,
+    /// Per second: commands/s and the ack latency of that second.
+    pub timeline: Vec<Sample>,
 }
 
 impl Report {
@@ -331,6 +366,12 @@ struct Stats {
     hist_ramp: Mutex<hdrhistogram::Histogram<u64>>,
     /// Login and first connect (µs) per user.
     hist_login: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Ack latency (µs) of every ack since the last progress tick.
+    hist_tick: Mutex<hdrhistogram::Histogram<u64>>,
+    /// See [`SimConfig::wind_down`].
+    wind_down: bool,
+    /// Rides between request and completion now.
+    in_flight: AtomicU64,
     failures: Mutex<Vec<String>>,
     errors: Mutex<Vec<String>>,
     ack_log: Option<Mutex<std::fs::File>>,
@@ -375,6 +416,9 @@ impl Stats {
             hist_by_type: Mutex::new(BTreeMap::new()),
             hist_ramp: Mutex::new(histogram()),
             hist_login: Mutex::new(histogram()),
+            hist_tick: Mutex::new(histogram()),
+            wind_down: config.wind_down,
+            in_flight: AtomicU64::new(0),
             failures: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             ack_log,
@@ -441,6 +485,30 @@ impl Stats {
         self.window_end().is_none_or(|end| Instant::now() < end)
     }
 
+    /// Whether a passenger may request another ride: while riding, and, winding down,
+    /// only while a ride still fits in the window.
+    fn starting_rides(&self) -> bool {
+        if !self.wind_down {
+            return self.riding();
+        }
+        let budget = RIDE_BUDGET.min(self.duration / 3);
+        self.window_end().is_none_or(|end| Instant::now() + budget < end)
+    }
+
+    /// Winding down and the window has closed: give up what has not started.
+    fn stopping(&self) -> bool {
+        self.wind_down && self.window_end().is_some_and(|end| Instant::now() >= end)
+    }
+
+    /// `ramp`, `window` or `finishing`.
+    fn phase(&self) -> &'static str {
+        match self.window_end() {
+            None => "ramp",
+            Some(end) if Instant::now() < end => "window",
+            Some(_) => "finishing",
+        }
+    }
+
     /// How long until the window closes (`wait` during the ramp).
     fn until_end(&self, wait: Duration) -> Duration {
         self.window_end().map_or(wait, |end| {
@@ -475,6 +543,7 @@ impl Stats {
     /// A command of type `kind` sent at `sent` got its ack.
     fn acked(&self, kind: &str, sent: Instant, ok: bool) {
         let took = sent.elapsed();
+        record(&self.hist_tick, took);
         if ok {
             self.acks_ok.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -532,6 +601,28 @@ impl Stats {
             measuring,
             ack_p50_ms: ack.p50_ms,
             ack_p99_ms: ack.p99_ms,
+            phase: self.phase(),
+            rides_in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The interval since the last sample: `commands_before` commands had been sent at
+    /// `before`.
+    fn sample(&self, before: (Instant, u64)) -> Sample {
+        let now = Instant::now();
+        let seconds = now.duration_since(before.0).as_secs_f64().max(0.001);
+        let commands = self.commands.load(Ordering::Relaxed);
+        let mut h = self.hist_tick.lock().unwrap_or_else(|p| p.into_inner());
+        let ack = Latency::of(&h);
+        h.reset();
+        Sample {
+            t_s: now.duration_since(self.start).as_secs_f64(),
+            commands_per_s: commands.saturating_sub(before.1) as f64 / seconds,
+            acks: ack.count,
+            ack_p50_ms: if ack.count == 0 { 0.0 } else { ack.p50_ms },
+            ack_p99_ms: if ack.count == 0 { 0.0 } else { ack.p99_ms },
+            clients: self.clients.load(Ordering::Relaxed),
+            phase: self.phase(),
         }
     }
 
@@ -614,6 +705,8 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
         }
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut timeline = Vec::new();
+    let mut last_sample = (stats.start, 0u64);
     loop {
         tokio::select! {
             joined = tasks.join_next() => {
@@ -633,10 +726,16 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
                     ));
                     stats.open_window();
                 }
+                if stats.start.elapsed() >= Duration::from_millis(500) {
+                    let sample = stats.sample(last_sample);
+                    last_sample = (Instant::now(), stats.commands.load(Ordering::Relaxed));
+                    timeline.push(sample);
+                }
                 progress(&stats.snapshot());
             }
         }
     }
+    timeline.push(stats.sample(last_sample));
     progress(&stats.snapshot());
     let elapsed = stats.start.elapsed().as_secs_f64();
     let completed = stats.completed.load(Ordering::Relaxed);
@@ -669,6 +768,7 @@ pub async fn run(config: SimConfig, mut progress: impl FnMut(&Snapshot)) -> anyh
         errors_total: stats.errors_total.load(Ordering::Relaxed),
         rides_per_s: completed as f64 / elapsed.max(0.001),
         commands_per_s: commands as f64 / elapsed.max(0.001),
+        timeline,
     })
 }
 
@@ -1141,6 +1241,9 @@ async fn driver(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>) -> anyhow::R
     // Drive on until well after the window so rides in flight finish.
     let mut last_ride = Instant::now();
     loop {
+        if stats.stopping() {
+            break;
+        }
         if let Some(end) = stats.window_end() {
             let now = Instant::now();
             if now > end + Duration::from_secs(90)
@@ -1312,7 +1415,7 @@ fn grid_step(pos: (f64, f64), heading: u8, step: f64) -> (f64, f64) {
 }
 
 async fn passenger(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>) -> anyhow::Result<()> {
-    while stats.riding() {
+    while stats.starting_rides() {
         let near = {
             let p = stats.positions.lock().unwrap_or_else(|e| e.into_inner());
             if p.is_empty() {
@@ -1339,7 +1442,10 @@ async fn passenger(mut conn: Conn, mut rng: StdRng, stats: Arc<Stats>) -> anyhow
                 break dest;
             }
         };
-        if let Err(e) = one_ride(&mut conn, &mut rng, &stats, pickup, dest).await {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let ride = one_ride(&mut conn, &mut rng, &stats, pickup, dest).await;
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Err(e) = ride {
             stats.fail(format!("passenger {}: {e:#}", conn.user_id));
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1500))).await;
@@ -1370,13 +1476,26 @@ async fn one_ride(
     let match_id = ack["result"]["match_id"].clone();
     // Wait for a driver to accept (matching has up to 3 rounds of 30 s).
     let mut accepted = false;
+    let mut gave_up = false;
+    let step = if stats.wind_down {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
     let end = Instant::now() + Duration::from_secs(120);
     while Instant::now() < end && !accepted {
+        if stats.stopping() && !gave_up {
+            // The demo is over: stop searching rather than wait out the rounds.
+            gave_up = true;
+            let ack = conn.command("finder_update", json!({"is_active": false})).await?;
+            if ack["ok"] == true {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            // A driver got there first: the ride goes on.
+        }
         let Some(f) = conn
-            .wait_for(
-                &["match_accepted", "match_failed", "match_expired"],
-                Duration::from_secs(5),
-            )
+            .wait_for(&["match_accepted", "match_failed", "match_expired"], step)
             .await?
         else {
             continue;

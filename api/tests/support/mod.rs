@@ -149,6 +149,7 @@ pub async fn app_on(pool: PgPool, config: ApiConfig) -> App {
             metrics: None,
             location: None,
             geo: None,
+            health: Default::default(),
         },
     );
     App {

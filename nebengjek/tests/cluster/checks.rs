@@ -203,7 +203,7 @@ pub async fn read_models_equal_rebuild(pool: &PgPool) {
 /// into JetStream `EVENTS` exactly once and in order: as many messages as positions,
 /// the last one the store's head.
 pub async fn events_stream_matches_store(nats_url: &str, pool: &PgPool, timeout: Duration) {
-    let client = async_nats::connect(nats_url).await.expect("nats");
+    let (client, _) = super::nats_as(nats_url, super::NATS_SERVICE).await;
     let js = async_nats::jetstream::new(client);
     let deadline = Instant::now() + timeout;
     loop {

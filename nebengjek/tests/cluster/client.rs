@@ -167,7 +167,9 @@ impl App {
             match tokio::time::timeout(left, socket.next()).await {
                 Err(_) => return None,
                 Ok(Some(Ok(Message::Text(text)))) => {
-                    return Some(serde_json::from_str(text.as_str()).expect("JSON frame"));
+                    let frame: Value = serde_json::from_str(text.as_str()).expect("JSON frame");
+                    super::schema_check::server_frame(&frame);
+                    return Some(frame);
                 }
                 Ok(Some(Ok(
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Binary(_),
@@ -185,7 +187,8 @@ impl App {
     pub async fn command(&mut self, kind: &str, data: Value, deadline: Instant) -> Value {
         self.frames += 1;
         let id = format!("f{}", self.frames);
-        let frame = json!({ "type": kind, "id": id, "data": data }).to_string();
+        let sent = json!({ "type": kind, "id": id, "data": data });
+        let frame = sent.to_string();
         'send: loop {
             self.connect(deadline).await;
             let socket = self.socket.as_mut().expect("socket");
@@ -218,6 +221,7 @@ impl App {
                             ok,
                             body,
                         });
+                        super::schema_check::client_frame(&sent, &reply);
                         return reply;
                     }
                     Some(_) => self.keep(reply),

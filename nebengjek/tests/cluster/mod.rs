@@ -1,5 +1,7 @@
 //! A cluster of real processes per test: its own `nats-server` (JetStream, store in a
-//! temporary directory) and `redis-server` on free ports, its own PostgreSQL database
+//! temporary directory, the shipped `deploy/nats/nats-server.conf`: users and subject
+//! permissions, the nodes connecting as the service user) and `redis-server` on free
+//! ports, its own PostgreSQL database
 //! on the shared server, and any number of `nebengjek serve` children on free HTTP
 //! ports, each of which can be SIGKILLed and restarted.
 //!
@@ -13,6 +15,8 @@
 
 pub mod checks;
 pub mod client;
+#[path = "../../../api/tests/schema_check/mod.rs"]
+pub mod schema_check;
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -24,6 +28,43 @@ use sqlx::PgPool;
 
 /// How long a service or node may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The NATS users of `deploy/nats/nats-server.conf` and the passwords the test gives
+/// them: the service's own, and a client that may only send commands.
+pub const NATS_SERVICE: (&str, &str) = ("nebengjek", "test-service-password");
+/// See [`NATS_SERVICE`].
+pub const NATS_CLIENT: (&str, &str) = ("client", "test-client-password");
+
+/// The shipped NATS server configuration.
+pub fn nats_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats-server.conf")
+}
+
+/// A connection to the cluster's NATS as `user`, with the inbox the configuration
+/// gives that user (`_NEBENGJEK_INBOX` for the service). Server errors (permission
+/// violations) go to the returned channel.
+pub async fn nats_as(
+    url: &str,
+    (user, password): (&str, &str),
+) -> (async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut options = async_nats::ConnectOptions::new()
+        .user_and_password(user.into(), password.into())
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(event.to_string());
+            }
+        });
+    if user == NATS_SERVICE.0 {
+        options = options.custom_inbox_prefix(nebengjek::startup::SERVICE_INBOX_PREFIX);
+    }
+    let client = options
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("NATS at {url} as {user}: {e}"));
+    (client, rx)
+}
 
 /// The shared PostgreSQL server (`DATABASE_URL`'s server; the database is ours).
 fn admin_url() -> String {
@@ -294,8 +335,12 @@ impl Cluster {
     pub fn start_nats(&mut self) {
         self.nats_starts += 1;
         let mut nats = Command::new(&self.nats_bin);
-        nats.args(["-a", "127.0.0.1", "-p", &self.nats_port.to_string(), "-js", "-sd"])
-            .arg(self.dir.join("jetstream"));
+        nats.arg("-c")
+            .arg(nats_config())
+            .args(["-a", "127.0.0.1", "-p", &self.nats_port.to_string()])
+            .env("NATS_STORE_DIR", self.dir.join("jetstream"))
+            .env("NATS_SERVICE_PASSWORD", NATS_SERVICE.1)
+            .env("NATS_CLIENT_PASSWORD", NATS_CLIENT.1);
         self.nats = Some(Proc::spawn(nats, self.dir.join("nats.log")));
         let port = self.nats_port;
         wait_until("nats-server greets with INFO", START_TIMEOUT, || {
@@ -336,6 +381,8 @@ impl Cluster {
         let env = [
             ("DATABASE_URL".to_owned(), self.database_url()),
             ("NATS_URL".to_owned(), self.nats_url()),
+            ("NATS_USER".to_owned(), NATS_SERVICE.0.to_owned()),
+            ("NATS_PASSWORD".to_owned(), NATS_SERVICE.1.to_owned()),
             ("REDIS_URL".to_owned(), self.redis_url()),
             ("AUTH_DEV_ECHO_OTP".to_owned(), "true".to_owned()),
             ("APP_ENV".to_owned(), "development".to_owned()),

@@ -10,6 +10,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../api/tests/schema_check/mod.rs"]
+mod schema_check;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -388,7 +391,11 @@ impl Client {
                 .expect("the socket is open")
                 .expect("a readable frame");
             match message {
-                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("a JSON frame"),
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).expect("a JSON frame");
+                    schema_check::server_frame(&frame);
+                    return frame;
+                }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("unexpected {other:?}"),
             }
@@ -431,8 +438,11 @@ impl Client {
             .await
             .expect("send a frame");
         let id = id.to_owned();
-        self.frame(move |f| f["type"] == "ack" && f["id"] == id.as_str())
-            .await
+        let ack = self
+            .frame(move |f| f["type"] == "ack" && f["id"] == id.as_str())
+            .await;
+        schema_check::client_frame(&frame, &ack);
+        ack
     }
 
     /// Sends a command with a fresh id; returns its ack.
