@@ -36,7 +36,7 @@ pub struct OtpSent {
 
 /// Sends a login code (at most 3 per number per hour).
 #[utoipa::path(post, path = "/v1/auth/otp", tag = "auth", request_body = OtpRequest,
-    responses((status = 202, body = OtpSent), (status = 422, body = ErrorResponse), (status = 429, body = ErrorResponse)))]
+    responses((status = 202, body = OtpSent), (status = 400, body = ErrorResponse), (status = 422, body = ErrorResponse), (status = 429, body = ErrorResponse)))]
 pub async fn request_otp(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<OtpRequest>,
@@ -88,7 +88,7 @@ pub struct TokenResponse {
 
 /// Exchanges a code for a token; the first login creates a passenger.
 #[utoipa::path(post, path = "/v1/auth/token", tag = "auth", request_body = TokenRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorResponse),
+    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
         (status = 422, body = ErrorResponse), (status = 429, body = ErrorResponse)))]
 pub async fn issue_token(
     State(state): State<AppState>,
@@ -168,7 +168,7 @@ pub struct DriverRegistered {
 
 /// Makes the caller (a passenger) a driver, once.
 #[utoipa::path(post, path = "/v1/drivers", tag = "users", security(("bearer" = [])), request_body = DriverRequest,
-    responses((status = 201, body = DriverRegistered), (status = 401, body = ErrorResponse),
+    responses((status = 201, body = DriverRegistered), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
         (status = 403, body = ErrorResponse), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn register_driver(
     State(state): State<AppState>,

@@ -153,6 +153,7 @@ struct Inner {
     metrics: Option<PrometheusHandle>,
     location: Option<projections::location::LocationPublisher>,
     geo: Option<projections::geo::GeoIndex>,
+    consumers: migrations::consumers::Health,
     health: projections::health::Health,
 }
 
@@ -220,9 +221,29 @@ impl AppState {
                 metrics: deps.metrics,
                 location: deps.location,
                 geo: deps.geo,
+                consumers: migrations::consumers::Health::default(),
                 health: deps.health,
             }),
         }
+    }
+
+    /// This state reporting `health`, the registry the process's consumers report
+    /// their stalls to (`/readyz` answers 503 while any is stalled). Call it on the
+    /// state [`AppState::new`] returned, before cloning it.
+    ///
+    /// # Panics
+    /// If the state was cloned already (a programming error at start-up).
+    #[must_use]
+    pub fn with_consumers(mut self, consumers: migrations::consumers::Health) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_consumers is called before the state is shared")
+            .consumers = consumers;
+        self
+    }
+
+    /// The registry of this process's stalled consumers.
+    pub fn consumers(&self) -> &migrations::consumers::Health {
+        &self.inner.consumers
     }
 
     /// The settings.

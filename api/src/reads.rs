@@ -287,7 +287,7 @@ pub struct HistoryQuery {
 
 /// The caller's rides, as driver or passenger, newest first.
 #[utoipa::path(get, path = "/v1/me/rides", tag = "rides", security(("bearer" = [])), params(HistoryQuery),
-    responses((status = 200, body = RidePage), (status = 401, body = ErrorResponse)))]
+    responses((status = 200, body = RidePage), (status = 401, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn my_rides(
     State(state): State<AppState>,
     Caller(actor): Caller,
@@ -333,7 +333,7 @@ const RIDE_STATUSES: [&str; 5] = ["PENDING", "IN_PROGRESS", "ARRIVED", "COMPLETE
 
 /// Analysts: rides by status, participant and creation time, newest first.
 #[utoipa::path(get, path = "/v1/rides", tag = "analytics", security(("bearer" = [])), params(RidesQuery),
-    responses((status = 200, body = RidePage), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+    responses((status = 200, body = RidePage), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn rides(
     State(state): State<AppState>,
     _analyst: Analyst,
@@ -417,7 +417,7 @@ pub struct Ledger {
 
 /// Analysts: ledger entries by ride and time, in feed order.
 #[utoipa::path(get, path = "/v1/billing/ledger", tag = "analytics", security(("bearer" = [])), params(LedgerQuery),
-    responses((status = 200, body = Ledger), (status = 403, body = ErrorResponse)))]
+    responses((status = 200, body = Ledger), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn ledger(
     State(state): State<AppState>,
     _analyst: Analyst,
@@ -493,7 +493,7 @@ pub struct Payments {
 
 /// Analysts: payments by status, ride and time.
 #[utoipa::path(get, path = "/v1/payments", tag = "analytics", security(("bearer" = [])), params(PaymentsQuery),
-    responses((status = 200, body = Payments), (status = 403, body = ErrorResponse)))]
+    responses((status = 200, body = Payments), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn payments(
     State(state): State<AppState>,
     _analyst: Analyst,
@@ -539,6 +539,7 @@ pub struct RevenueQuery {
     /// Completed before (default: now).
     pub to: Option<DateTime<Utc>>,
     /// `hour` or `day` (default `day`).
+    #[param(inline)]
     pub bucket: Option<Bucket>,
 }
 
@@ -575,7 +576,7 @@ pub struct Revenue {
 
 /// Analysts: completed rides' money per hour or day.
 #[utoipa::path(get, path = "/v1/analytics/revenue", tag = "analytics", security(("bearer" = [])), params(RevenueQuery),
-    responses((status = 200, body = Revenue), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+    responses((status = 200, body = Revenue), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn revenue(
     State(state): State<AppState>,
     _analyst: Analyst,
@@ -645,7 +646,7 @@ pub struct Nearby {
 /// Analysts: the available drivers (online, fresh, not in a match or ride) near a
 /// point, nearest first, from the Redis geo index.
 #[utoipa::path(get, path = "/v1/drivers/nearby", tag = "analytics", security(("bearer" = [])), params(NearbyQuery),
-    responses((status = 200, body = Nearby), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+    responses((status = 200, body = Nearby), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn nearby(
     State(state): State<AppState>,
     _analyst: Analyst,

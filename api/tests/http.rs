@@ -343,7 +343,7 @@ async fn operator_endpoints_and_the_generated_openapi_document() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
-        json!({"postgres": true, "nats": true, "redis": true, "stopped": {}})
+        json!({"postgres": true, "nats": true, "redis": true, "stalled": [], "stopped": {}})
     );
     // A component that stopped on purpose turns it red, by name and reason.
     app.state.health().stop("relay", "forged tail at position 7");

@@ -12,6 +12,8 @@
 //! reader that asks for `position > checkpoint` never skips an event that a slower
 //! transaction commits later.
 
+pub mod consumers;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool};

@@ -79,6 +79,9 @@ pub struct Config {
     /// another on the same NATS (a test, a demo) uses its own, so neither serves the
     /// other's commands against the wrong database.
     pub command_subject_prefix: String,
+    /// `CONSUMER_RETRY_MIN_MS` (100) and `CONSUMER_RETRY_MAX_MS` (5000): the capped,
+    /// jittered backoff of a consumer stalled at an event it cannot handle.
+    pub consumer_retry: migrations::consumers::Backoff,
     /// The abuse limits (`COMMAND_RATE_*`, ...): see [`crate::limits`].
     pub limits: crate::limits::Limits,
     /// `AUDIT_SIGNING_KEY_FILE`: the Ed25519 key (PKCS#8 PEM) that signs tree heads.
@@ -364,6 +367,7 @@ impl Config {
             },
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_default(),
             command_subject_prefix,
+            consumer_retry: consumer_retry()?,
             limits: crate::limits::Limits::from_env()?,
             audit_signing_key_file: var("AUDIT_SIGNING_KEY_FILE").map(std::path::PathBuf::from),
             audit_tree_head_interval: {
@@ -375,6 +379,19 @@ impl Config {
             },
         })
     }
+}
+
+fn consumer_retry() -> anyhow::Result<migrations::consumers::Backoff> {
+    let default = migrations::consumers::Backoff::default();
+    let min: u64 = parse("CONSUMER_RETRY_MIN_MS", default.min.as_millis() as u64)?;
+    let max: u64 = parse("CONSUMER_RETRY_MAX_MS", default.max.as_millis() as u64)?;
+    migrations::consumers::Backoff::new(
+        std::time::Duration::from_millis(min),
+        std::time::Duration::from_millis(max),
+    )
+    .with_context(|| {
+        format!("CONSUMER_RETRY_MIN_MS={min} must be positive and at most CONSUMER_RETRY_MAX_MS={max}")
+    })
 }
 
 #[cfg(test)]
@@ -462,6 +479,20 @@ mod tests {
         assert_eq!(Config::from_env().unwrap().command_subject_prefix, "blue.");
         std::env::remove_var("COMMAND_SUBJECT_PREFIX");
 
+        let retry = Config::from_env().unwrap().consumer_retry;
+        assert_eq!(retry, migrations::consumers::Backoff::default());
+        std::env::set_var("CONSUMER_RETRY_MIN_MS", "0");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("CONSUMER_RETRY_MIN_MS"), "{error}");
+        std::env::set_var("CONSUMER_RETRY_MIN_MS", "500");
+        std::env::set_var("CONSUMER_RETRY_MAX_MS", "200");
+        let error = Config::from_env().unwrap_err().to_string();
+        assert!(error.contains("CONSUMER_RETRY_MAX_MS"), "{error}");
+        std::env::set_var("CONSUMER_RETRY_MAX_MS", "2000");
+        let retry = Config::from_env().unwrap().consumer_retry;
+        assert_eq!((retry.min.as_millis(), retry.max.as_millis()), (500, 2000));
+        std::env::remove_var("CONSUMER_RETRY_MIN_MS");
+        std::env::remove_var("CONSUMER_RETRY_MAX_MS");
         for bad in ["0", "ten", "-1"] {
             std::env::set_var("AUDIT_TREE_HEAD_SECONDS", bad);
             let error = Config::from_env().unwrap_err().to_string();

@@ -224,6 +224,11 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Every consumer of this process reports its stalls here; `/readyz` reads it.
+    let supervision = migrations::consumers::Supervision {
+        health: migrations::consumers::Health::default(),
+        backoff: config.consumer_retry,
+    };
     if serves_commands {
         let (client, bus, stopped) = (nats.clone(), bus.clone(), stopped.clone());
         let prefix = config.command_subject_prefix.clone();
@@ -237,19 +242,21 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
     if matches!(role, Role::All | Role::Matcher) {
         tasks.push(tokio::spawn(commands::process::run_ride_creator(
             bus.clone(),
+            supervision.clone(),
             stopped.clone(),
         )));
         tasks.push(tokio::spawn(commands::process::run_deadlines(
             bus.clone(),
+            supervision.clone(),
             stopped.clone(),
         )));
         tasks.extend(spawn_geo(
             &config,
-            &pool,
             &nats,
             redis.clone(),
             store_id,
             &bus,
+            &supervision,
             &stopped,
         ));
     }
@@ -258,9 +265,10 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             Arc::new(projections::RidesProjector),
             Arc::new(projections::MatchesProjector),
         ];
-        tasks.push(tokio::spawn(projections::run(
+        tasks.push(tokio::spawn(projections::run_supervised(
             pool.clone(),
             projectors,
+            supervision.clone(),
             stopped.clone(),
         )));
         let relay = projections::relay::Relay::new(
@@ -275,7 +283,9 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
         .await
         .context("cannot set up the outbox relay (is JetStream enabled on NATS?)")?
         .with_health(health.clone());
-        tasks.push(tokio::spawn(relay.run(stopped.clone())));
+        tasks.push(tokio::spawn(
+            relay.run_supervised(supervision.clone(), stopped.clone()),
+        ));
         let signer = projections::audit_log::Signer::new(
             pool.clone(),
             Some(nats.clone()),
@@ -317,7 +327,8 @@ pub async fn start_with(config: Config, role: Role, ports: Ports) -> anyhow::Res
             geo: Some(geo_index),
             health,
         },
-    );
+    )
+    .with_consumers(supervision.health.clone());
     let registry = state.registry().clone();
     let app = if serves_api {
         tasks.push(
@@ -421,11 +432,11 @@ pub fn without_nagle(
 /// The location consumer with the Redis geo projection, and the matcher.
 fn spawn_geo(
     config: &Config,
-    pool: &PgPool,
     nats: &async_nats::Client,
     redis: redis::aio::ConnectionManager,
     store_id: uuid::Uuid,
     bus: &CommandBus,
+    supervision: &migrations::consumers::Supervision,
     stopped: &watch::Receiver<bool>,
 ) -> [tokio::task::JoinHandle<()>; 2] {
     let js = async_nats::jetstream::new(nats.clone());
@@ -437,7 +448,7 @@ fn spawn_geo(
         projections::geo::system_now(),
     );
     let projection = projections::location::GeoProjection {
-        pool: pool.clone(),
+        pool: bus.store().pool().clone(),
         js: js.clone(),
         stream: location.stream.clone(),
         consumer: projections::location::consumer_name(store_id),
@@ -451,6 +462,7 @@ fn spawn_geo(
     [
         tokio::spawn(projections::location::run_until_stopped(
             projection,
+            supervision.clone(),
             stopped.clone(),
         )),
         tokio::spawn(commands::matcher::run(

@@ -60,4 +60,6 @@ pub mod rows;
 pub mod runtime;
 
 pub use read_models::{MatchesProjector, RidesProjector};
-pub use runtime::{rebuild, run, run_batch, run_batch_with_fault, Fault, ProjectionError, Projector};
+pub use runtime::{
+    rebuild, run, run_batch, run_batch_with_fault, run_supervised, Fault, ProjectionError, Projector,
+};

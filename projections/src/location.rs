@@ -26,6 +26,8 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use migrations::consumers::{Consumer, Kind, Supervision};
+
 use crate::geo::{BatchOutcome, GeoError, GeoIndex, FEED_BATCH};
 
 /// Pings per Redis script and per acknowledgement.
@@ -210,10 +212,15 @@ pub struct GeoProjection {
 }
 
 impl GeoProjection {
+    /// The component name it reports as (`geo.<stream>`, see [`migrations::consumers`]).
+    pub fn component(&self) -> String {
+        format!("geo.{}", self.stream)
+    }
+
     /// Projects the feed until up to date; on a missing checkpoint after one had been
     /// seen (a flushed Redis) replays the latest pings too. `seen` is the last
-    /// checkpoint this task saw.
-    async fn project_feed(&self, seen: &mut Option<i64>) -> Result<(), LocationError> {
+    /// checkpoint this task saw. Returns the checkpoint and the lag behind the head.
+    async fn project_feed(&self, seen: &mut Option<i64>) -> Result<(i64, Option<i64>), LocationError> {
         let stored = self.index.checkpoint().await?;
         if stored.is_none() && seen.is_some_and(|s| s > 0) {
             tracing::warn!(stream = %self.stream, "geo index keys are gone; rebuilding from position 0 and the latest pings");
@@ -228,35 +235,91 @@ impl GeoProjection {
                 BatchOutcome::Lost => {}
             }
         }
-        if let Ok(head) = migrations::head_position(&self.pool).await {
-            let at = self.index.checkpoint().await?.unwrap_or(0);
-            metrics::gauge!("nebengjek_geo_projection_lag_events").set((head - at).max(0) as f64);
+        let at = self.index.checkpoint().await?.unwrap_or(0);
+        let lag = self.report_lag(at).await;
+        Ok((at, lag))
+    }
+
+    async fn report_lag(&self, at: i64) -> Option<i64> {
+        let head = migrations::head_position(&self.pool).await.ok()?;
+        let lag = (head - at).max(0);
+        metrics::gauge!("nebengjek_geo_projection_lag_events").set(lag as f64);
+        Some(lag)
+    }
+
+    /// After a failed feed round: the checkpoint and the position it is stopped at.
+    /// A feed batch fails whole, so the events before the bad one are applied here:
+    /// the projection stops right before the event it cannot handle.
+    async fn stop_at(&self, error: &LocationError) -> i64 {
+        let mut at = self.index.checkpoint().await.ok().flatten().unwrap_or(0);
+        let stuck = match error {
+            LocationError::Geo(GeoError::Corrupt { position, .. }) => *position,
+            _ => at + 1,
+        };
+        if stuck > at + 1 {
+            match self.index.project_once(&self.pool, stuck - at - 1).await {
+                Ok(BatchOutcome::Applied(position)) => at = position,
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot apply the events before the bad one"),
+            }
         }
-        Ok(())
+        self.report_lag(at).await;
+        stuck
     }
 }
 
-/// [`run`], restarted a second after any error, until `shutdown` turns true.
-pub async fn run_until_stopped(projection: GeoProjection, mut shutdown: watch::Receiver<bool>) {
+/// [`run`], reporting to `supervision` (see [`migrations::consumers`]) and restarted
+/// after the backoff's delay on any error, until `shutdown` turns true.
+pub async fn run_until_stopped(
+    projection: GeoProjection,
+    supervision: Supervision,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut consumer = Consumer::new(
+        projection.pool.clone(),
+        supervision,
+        projection.component(),
+        Kind::Geo,
+    );
     loop {
-        match run(projection.clone(), shutdown.clone()).await {
-            Ok(()) => return,
-            Err(error) => tracing::error!(%error, "geo projection stopped; restarting"),
-        }
+        let error = match run_reporting(projection.clone(), &mut consumer, shutdown.clone()).await {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        let at = projection.stop_at(&error).await;
+        let delay = consumer
+            .failed(at, &format!("geo projection stopped: {error}"))
+            .await;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {
-            return;
+            break;
         }
     }
+    consumer.retire();
 }
 
-/// Runs the location consumer, the feed projection and the sweeper until `shutdown`;
-/// returns the first error that stops it.
-pub async fn run(
+/// Runs the location consumer, the feed projection and the sweeper until `shutdown`,
+/// reporting to a registry of its own; returns the first error that stops it.
+pub async fn run(projection: GeoProjection, shutdown: watch::Receiver<bool>) -> Result<(), LocationError> {
+    let mut consumer = Consumer::new(
+        projection.pool.clone(),
+        Supervision::default(),
+        projection.component(),
+        Kind::Geo,
+    );
+    let result = run_reporting(projection, &mut consumer, shutdown).await;
+    consumer.retire();
+    result
+}
+
+/// [`run`] with `consumer` for reports: a feed event the projection cannot handle stops
+/// the feed projection at it (pings and sweeps go on), retried after the backoff.
+async fn run_reporting(
     projection: GeoProjection,
+    consumer: &mut Consumer,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LocationError> {
     let stream = ensure_stream(&projection.js, &projection.stream).await?;
@@ -288,6 +351,7 @@ pub async fn run(
     let mut feed_tick = tokio::time::interval(Duration::from_millis(100));
     let mut sweep_tick = tokio::time::interval(Duration::from_secs(1));
     let mut seen = projection.index.checkpoint().await?;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             chunk = chunks.next() => {
@@ -318,8 +382,19 @@ pub async fn run(
                 metrics::counter!("nebengjek_location_pings_ingested_total").increment(pings.len() as u64);
             }
             _ = feed_tick.tick() => {
-                if let Err(error) = projection.project_feed(&mut seen).await {
-                    tracing::error!(%error, "geo projection failed; retrying");
+                if retry_at.is_some_and(|at| tokio::time::Instant::now() < at) {
+                    continue; // stalled: wait for the backoff
+                }
+                match projection.project_feed(&mut seen).await {
+                    Ok((at, lag)) => {
+                        retry_at = None;
+                        consumer.progressed(at, lag).await;
+                    }
+                    Err(error) => {
+                        let at = projection.stop_at(&error).await;
+                        let delay = consumer.failed(at, &error.to_string()).await;
+                        retry_at = Some(tokio::time::Instant::now() + delay);
+                    }
                 }
             }
             _ = sweep_tick.tick() => {

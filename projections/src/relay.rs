@@ -38,6 +38,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+use migrations::consumers::{Consumer, Kind, Supervision};
 use migrations::StoredEvent;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
@@ -350,25 +351,42 @@ impl Relay {
         }
     }
 
+    /// Runs until `shutdown` turns true, reporting to a registry of its own; see
+    /// [`Relay::run_supervised`].
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.run_supervised(Supervision::default(), shutdown).await;
+    }
+
     /// Runs until `shutdown` turns true: takes the relay lock (waiting as a standby
     /// while another process holds it), then follows the store, woken by its `NOTIFY`.
-    /// Errors are logged and followed by a fresh resume from the stream's end; a forged
-    /// tail stops it (gauge, [`Health`]) until the stream's end is the store's again.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// An error stops the relay where it is (an event is never skipped): it is reported
+    /// stalled at that position (see [`migrations::consumers`]) and retried after the
+    /// backoff's delay with a fresh resume from the stream's end.
+    /// A forged tail stops it (gauge, [`Health`]) until the stream's end is the store's
+    /// again.
+    pub async fn run_supervised(self, supervision: Supervision, mut shutdown: watch::Receiver<bool>) {
         let Some(_lock) = self.lock(&mut shutdown).await else {
             return;
         };
+        let mut consumer = Consumer::new(
+            self.pool.clone(),
+            supervision,
+            self.config.checkpoint_name(),
+            Kind::Relay,
+        );
         let mut listener = listen(&self.pool).await;
         let mut at: Option<Resume> = None;
         let mut forged: Option<String> = None;
         metrics::gauge!(FORGED_TAIL_GAUGE).set(0.0);
         loop {
+            let mut reached = at.map(|p| p.position);
             let result = async {
                 let mut position = match at {
                     Some(p) => p,
                     None => self.resume().await?,
                 };
                 loop {
+                    reached = Some(position.position);
                     let next = self.step(position, None).await?;
                     if next.position == position.position {
                         return Ok::<_, RelayError>(next);
@@ -377,6 +395,8 @@ impl Relay {
                 }
             }
             .await;
+            let head = migrations::head_position(&self.pool).await.ok();
+            let mut retry = None;
             match result {
                 Err(error @ RelayError::ForgedTail { .. }) => {
                     let reason = error.to_string();
@@ -395,31 +415,49 @@ impl Relay {
                         self.health.clear(COMPONENT);
                     }
                     at = Some(p);
-                    if let Ok(head) = migrations::head_position(&self.pool).await {
-                        metrics::gauge!(LAG_GAUGE).set((head - p.position).max(0) as f64);
+                    let lag = head.map(|h| (h - p.position).max(0));
+                    if let Some(lag) = lag {
+                        metrics::gauge!(LAG_GAUGE).set(lag as f64);
                     }
+                    consumer.progressed(p.position, lag).await;
                 }
                 Err(error) => {
-                    tracing::error!(%error, "relay failed; resuming from the stream's end");
                     at = None;
+                    let done = match reached {
+                        Some(p) => p,
+                        None => checkpoint(&self.pool, &self.config.checkpoint_name())
+                            .await
+                            .unwrap_or(0),
+                    };
+                    if let Some(head) = head {
+                        metrics::gauge!(LAG_GAUGE).set((head - done).max(0) as f64);
+                    }
+                    let stuck = match error {
+                        RelayError::Event(position, _) => position,
+                        _ => done + 1,
+                    };
+                    retry = Some(consumer.failed(stuck, &error.to_string()).await);
                 }
             }
             let wake = async {
-                match listener.as_mut() {
-                    Some(l) => {
+                match (retry, listener.as_mut()) {
+                    // Stalled: wait the backoff, not the next append.
+                    (Some(delay), _) => tokio::time::sleep(delay).await,
+                    (None, Some(l)) => {
                         let _ = tokio::time::timeout(FALLBACK_WAKE, l.recv()).await;
                     }
-                    None => tokio::time::sleep(FALLBACK_WAKE).await,
+                    (None, None) => tokio::time::sleep(FALLBACK_WAKE).await,
                 }
             };
             tokio::select! {
                 () = wake => {}
-                changed = shutdown.changed() => if changed.is_err() { return },
+                changed = shutdown.changed() => if changed.is_err() { break },
             }
             if *shutdown.borrow() {
-                return;
+                break;
             }
         }
+        consumer.retire();
     }
 
     /// The relay's advisory lock, on a connection that lives as long as it is held.

@@ -20,9 +20,10 @@
 //! transaction as a crashed process would; tests use it to prove the rerun is exact.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use migrations::consumers::{Consumer, Kind, Supervision};
 use migrations::StoredEvent;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -343,47 +344,133 @@ pub(crate) async fn listen(pool: &PgPool) -> Option<PgListener> {
     }
 }
 
+/// Runs `projectors` until `shutdown` turns true, reporting to a registry of its own;
+/// see [`run_supervised`].
+pub async fn run(pool: PgPool, projectors: Vec<Arc<dyn Projector>>, shutdown: watch::Receiver<bool>) {
+    run_supervised(pool, projectors, Supervision::default(), shutdown).await;
+}
+
+/// One projector in the loop of [`run_supervised`].
+struct Slot {
+    projector: Arc<dyn Projector>,
+    consumer: Consumer,
+    /// Set while stalled: not tried again before then.
+    retry_at: Option<Instant>,
+}
+
 /// Runs `projectors` until `shutdown` turns true: each is caught up, then the loop
 /// sleeps until the store's `NOTIFY` (or [`FALLBACK_WAKE`], in case one was missed).
 /// After each round the lag (`head_position - checkpoint`) of every projector is
-/// reported as the gauge [`LAG_GAUGE`]`{projector}`. A failing projector is logged and
-/// retried on the next wake; the others keep going.
-pub async fn run(pool: PgPool, projectors: Vec<Arc<dyn Projector>>, mut shutdown: watch::Receiver<bool>) {
+/// reported as the gauge [`LAG_GAUGE`]`{projector}`, stalled or not.
+///
+/// A projector that cannot apply an event **stops at it**: the events before it are
+/// applied (so its checkpoint is the position just before), the event is never
+/// skipped, and the projector is retried after `supervision.backoff`'s delay while it
+/// is reported stalled (see [`migrations::consumers`]): `/readyz` 503, the gauge
+/// `nebengjek_stalled{component}` 1, its `consumer_status` row. The other projectors
+/// keep going in the meantime.
+pub async fn run_supervised(
+    pool: PgPool,
+    projectors: Vec<Arc<dyn Projector>>,
+    supervision: Supervision,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut listener = listen(&pool).await;
+    let mut slots: Vec<Slot> = projectors
+        .into_iter()
+        .map(|projector| Slot {
+            consumer: Consumer::new(
+                pool.clone(),
+                supervision.clone(),
+                projector.name(),
+                Kind::Projector,
+            ),
+            projector,
+            retry_at: None,
+        })
+        .collect();
     loop {
-        for projector in &projectors {
-            let name = projector.name().to_owned();
-            let position = match drain(&pool, projector.as_ref()).await {
-                Ok(position) => Some(position),
-                Err(error) => {
-                    tracing::error!(projector = %name, %error, "projector failed; retrying");
-                    checkpoint(&pool, &name).await.ok()
+        for slot in &mut slots {
+            if slot.retry_at.is_some_and(|at| Instant::now() < at) {
+                continue;
+            }
+            let name = slot.projector.name().to_owned();
+            let head = migrations::head_position(&pool).await.ok();
+            match drain(&pool, slot.projector.as_ref()).await {
+                Ok(position) => {
+                    slot.retry_at = None;
+                    let lag = head.map(|h| (h - position).max(0));
+                    if let Some(lag) = lag {
+                        metrics::gauge!(LAG_GAUGE, "projector" => name).set(lag as f64);
+                    }
+                    slot.consumer.progressed(position, lag).await;
                 }
-            };
-            if let (Some(position), Ok(head)) = (position, migrations::head_position(&pool).await) {
-                metrics::gauge!(LAG_GAUGE, "projector" => name).set((head - position).max(0) as f64);
+                Err(error) => {
+                    let (checkpoint, at) = stop_at(&pool, slot.projector.as_ref(), &error).await;
+                    if let (Some(head), Some(checkpoint)) = (head, checkpoint) {
+                        metrics::gauge!(LAG_GAUGE, "projector" => name)
+                            .set((head - checkpoint).max(0) as f64);
+                    }
+                    let delay = slot.consumer.failed(at, &error.to_string()).await;
+                    slot.retry_at = Some(Instant::now() + delay);
+                }
             }
         }
+        let now = Instant::now();
+        let sleep = slots
+            .iter()
+            .filter_map(|s| s.retry_at)
+            .map(|at| at.saturating_duration_since(now))
+            .fold(FALLBACK_WAKE, Duration::min);
         let wake = async {
             match listener.as_mut() {
                 Some(l) => {
-                    if let Ok(Err(error)) = tokio::time::timeout(FALLBACK_WAKE, l.recv()).await {
+                    if let Ok(Err(error)) = tokio::time::timeout(sleep, l.recv()).await {
                         tracing::warn!(%error, "listener failed; it reconnects on the next recv");
                     }
                 }
-                None => tokio::time::sleep(FALLBACK_WAKE).await,
+                None => tokio::time::sleep(sleep).await,
             }
         };
         tokio::select! {
             () = wake => {}
             changed = shutdown.changed() => {
                 if changed.is_err() {
-                    return; // the sender is gone: nobody can ask us to stop any more
+                    break; // the sender is gone: nobody can ask us to stop any more
                 }
             }
         }
         if *shutdown.borrow() {
-            return;
+            break;
         }
     }
+    for slot in &slots {
+        slot.consumer.retire();
+    }
+}
+
+/// After `error`, brings the projector up to just before the event it cannot handle
+/// (a batch fails whole, so the events before that one in it were rolled back too) and
+/// returns its checkpoint and the position it is stopped at.
+async fn stop_at<P: Projector + ?Sized>(
+    pool: &PgPool,
+    projector: &P,
+    error: &ProjectionError,
+) -> (Option<i64>, i64) {
+    let Ok(mut at) = checkpoint(pool, projector.name()).await else {
+        return (None, 0);
+    };
+    if let ProjectionError::Corrupt { position, .. } = error {
+        let before = position - at - 1;
+        if before > 0 {
+            match batch(pool, projector, before, None).await {
+                Ok(done) => at = done.checkpoint,
+                Err(error) => {
+                    tracing::warn!(projector = projector.name(), %error, "cannot apply the events before the bad one");
+                }
+            }
+        }
+        return (Some(at), *position);
+    }
+    (Some(at), at + 1)
 }

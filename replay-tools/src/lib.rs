@@ -6,6 +6,7 @@
 //!   events and compared with the read models; a ride as it stood at a moment;
 //! - [`audit`]: `verify` — every hash chain, and rides / billing_ledger / payments
 //!   folded from the events and diffed with the live tables, in one pass;
+//! - [`status`]: every consumer of the feed, its checkpoint, lag, stall and last error;
 //! - [`report`]: the JSON reports of `verify --json` and `billing period --json`;
 //! - [`audit_log`]: `audit verify --receipt`, a signed tree head an auditor kept
 //!   checked against the events (the proofs themselves are `projections::audit_log`);
@@ -25,6 +26,7 @@
 pub mod audit;
 pub mod audit_log;
 pub mod billing;
+pub mod status;
 pub mod report;
 pub mod runs;
 

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use projections::{MatchesProjector, Projector, RidesProjector};
-use replay_tools::{audit, billing};
+use replay_tools::{audit, billing, status};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -75,6 +75,15 @@ enum Command {
     /// An aggregate as it stood at a moment.
     #[command(subcommand)]
     State(StateCommand),
+    /// Every consumer of the event feed (each projector, the outbox relay, the geo
+    /// projection, the process manager, the deadline scheduler): its checkpoint, lag,
+    /// whether it is stalled at an event and why, and its last error. Exits 1 when any
+    /// consumer is stalled.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// The audit log (SPEC.md "Audit proofs"): signed tree heads and proofs, JSON on
     /// stdout.
     #[command(subcommand)]
@@ -232,6 +241,88 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+async fn consumer_status(pool: &PgPool, format: Format) -> anyhow::Result<i32> {
+    let consumers = status::consumers(pool, &[RidesProjector::NAME, MatchesProjector::NAME]).await?;
+    let time = |t: Option<DateTime<Utc>>| opt(t.map(|t| t.to_rfc3339()));
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&consumers)?),
+        Format::Csv => {
+            let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+            out.write_record([
+                "consumer",
+                "kind",
+                "checkpoint",
+                "lag",
+                "stalled",
+                "stalled_at",
+                "stalled_since",
+                "attempts",
+                "last_error",
+                "last_error_at",
+                "reported_by",
+                "updated_at",
+            ])?;
+            for c in &consumers {
+                out.write_record([
+                    c.name.clone(),
+                    c.kind.clone(),
+                    opt(c.checkpoint),
+                    c.lag.to_string(),
+                    c.stalled.to_string(),
+                    opt(c.stalled_at),
+                    time(c.stalled_since),
+                    c.attempts.to_string(),
+                    opt(c.last_error.clone()),
+                    time(c.last_error_at),
+                    opt(c.reported_by.clone()),
+                    time(c.updated_at),
+                ])?;
+            }
+            out.flush()?;
+        }
+        Format::Table => {
+            let mut t = table();
+            t.set_header([
+                "consumer",
+                "kind",
+                "checkpoint",
+                "lag",
+                "state",
+                "last error",
+                "reported by",
+            ]);
+            for c in &consumers {
+                let state = match (c.stalled, &c.reported_by) {
+                    (true, _) => format!(
+                        "STALLED at {} since {} ({} attempts)",
+                        opt(c.stalled_at),
+                        time(c.stalled_since),
+                        c.attempts
+                    ),
+                    (false, Some(_)) => "ok".to_owned(),
+                    (false, None) => "never reported".to_owned(),
+                };
+                let error = match (&c.last_error, c.last_error_at) {
+                    (Some(e), Some(at)) => format!("{} — {e}", at.to_rfc3339()),
+                    (Some(e), None) => e.clone(),
+                    _ => "-".to_owned(),
+                };
+                t.add_row([
+                    c.name.clone(),
+                    c.kind.clone(),
+                    opt(c.checkpoint),
+                    c.lag.to_string(),
+                    state,
+                    error,
+                    opt(c.reported_by.clone()),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(if consumers.iter().any(|c| c.stalled) { 1 } else { 0 })
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -290,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             scratch,
             json,
         } => verify(&pool, from.zip(to), scratch, json).await,
+        Command::Status { format } => consumer_status(&pool, format).await,
         Command::Rebuild { projection } => {
             let projectors: Vec<Box<dyn Projector>> = match projection {
                 ProjectionName::Rides => vec![Box::new(RidesProjector)],

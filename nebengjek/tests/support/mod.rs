@@ -275,7 +275,7 @@ impl Drop for Harness {
     }
 }
 
-async fn cleanup(config: &Config, database: &str, admin_url: &str) {
+pub async fn cleanup(config: &Config, database: &str, admin_url: &str) {
     if let Ok(client) = async_nats::connect(&config.nats_url).await {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(&config.events_stream).await;
