@@ -26,9 +26,9 @@
 pub mod audit;
 pub mod audit_log;
 pub mod billing;
-pub mod status;
 pub mod report;
 pub mod runs;
+pub mod status;
 
 use std::collections::HashMap;
 
