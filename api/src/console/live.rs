@@ -101,10 +101,20 @@ pub struct LiveSnapshot {
     pub searching: i64,
 }
 
-/// Analysts: a `snapshot` event every second (`text/event-stream`; the body of each
-/// is a [`LiveSnapshot`]).
+/// One server-sent event of the live feed, as it is framed on the wire.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LiveEvent {
+    /// Always `snapshot`.
+    pub event: String,
+    /// The JSON text of a [`LiveSnapshot`] (`at`, `service_area`, `drivers`, `rides`,
+    /// `searching`).
+    pub data: String,
+}
+
+/// Analysts: a `snapshot` event every second (`text/event-stream`; the data of each
+/// is a [`LiveSnapshot`] as JSON text).
 #[utoipa::path(get, path = "/v1/console/live", tag = "console", security(("bearer" = [])),
-    responses((status = 200, body = LiveSnapshot, content_type = "text/event-stream"),
+    responses((status = 200, body = LiveEvent, content_type = "text/event-stream"),
         (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse)))]
 pub async fn live(
     State(state): State<AppState>,
